@@ -1,0 +1,27 @@
+//! Compiles `proto/loupe/v1/*.proto` with protox (pure Rust, no `protoc`) and
+//! generates the tonic client and server code plus the descriptor set that
+//! server reflection serves.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/loupe/v1/types.proto",
+        "proto/loupe/v1/inspection.proto",
+        "proto/loupe/v1/recipes.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("loupe_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

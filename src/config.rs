@@ -1,0 +1,289 @@
+//! Command-line flags (each with a `LOUPE_*` environment variable) and the
+//! validated configuration they resolve into.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Loupe: visual quality inspection against a golden reference, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "loupe", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter, in `tracing` env-filter syntax (`info`, `loupe=debug`, ...).
+    #[arg(long, env = "LOUPE_LOG", default_value = "info,ort=warn", global = true)]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the gRPC inspection service.
+    Serve(ServeArgs),
+}
+
+/// Where the ONNX Runtime library and the feature model come from, and how
+/// many threads inference uses.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// ONNX Runtime library (libonnxruntime.so). Looked for, in order: this
+    /// flag, ORT_DYLIB_PATH, the checkout's .loupe/onnxruntime (filled by
+    /// `make setup`), next to the executable.
+    #[arg(long, env = "LOUPE_ONNXRUNTIME", value_name = "PATH")]
+    pub onnxruntime: Option<PathBuf>,
+
+    /// Feature model (.onnx) with its manifest (.json of the same stem)
+    /// beside it. Default: the bundled EfficientNet-Lite0 feature model.
+    #[arg(long, env = "LOUPE_MODEL", value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// Threads ONNX Runtime uses for one inference. Default: every core.
+    #[arg(long, env = "LOUPE_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Flags of `loupe serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "LOUPE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Folder for recipes and references; created if missing.
+    #[arg(
+        long,
+        env = "LOUPE_DATA_DIR",
+        default_value = "loupe-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, env = "LOUPE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Largest frame accepted, in pixels (width x height), checked before
+    /// any pixel memory is allocated. Also caps what an encoded file may
+    /// claim, which stops decompression bombs.
+    #[arg(long, env = "LOUPE_MAX_FRAME_PIXELS", default_value_t = 64 << 20)]
+    pub max_frame_pixels: u64,
+
+    /// Most good frames one AddReferences call may send.
+    #[arg(long, env = "LOUPE_MAX_REFERENCES", default_value_t = 1000)]
+    pub max_references: usize,
+
+    /// Most frames accepted for inspection at once (running or waiting);
+    /// beyond that a request gets RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "LOUPE_MAX_PENDING", default_value_t = 64)]
+    pub max_pending: usize,
+
+    /// Seconds to let in-flight requests finish after SIGINT or SIGTERM.
+    #[arg(long, env = "LOUPE_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Resolved engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `--onnxruntime`, if given.
+    pub onnxruntime: Option<PathBuf>,
+    /// `--model`, if given; else the bundled model.
+    pub model: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads, at least 1.
+    pub threads: usize,
+}
+
+/// Resolved limits on what a client may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest gRPC message, bytes.
+    pub max_message_bytes: usize,
+    /// Largest frame, pixels.
+    pub max_frame_pixels: u64,
+    /// Most frames in one AddReferences call.
+    pub max_references: usize,
+    /// Most frames accepted for inspection at once.
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 << 20,
+            max_frame_pixels: 64 << 20,
+            max_references: 1000,
+            max_pending: 64,
+        }
+    }
+}
+
+/// Resolved `loupe serve` configuration, passed down whole.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Data folder.
+    pub data_dir: PathBuf,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// Client limits.
+    pub limits: Limits,
+    /// Grace period at shutdown.
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// A flag value that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    /// The flag's long name.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn at_least(flag: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError {
+            flag,
+            reason: format!("must be at least {min}, got {value}"),
+        });
+    }
+    Ok(())
+}
+
+impl EngineArgs {
+    /// Validates the engine flags.
+    pub fn resolve(&self) -> Result<EngineConfig, ConfigError> {
+        let threads = match self.threads {
+            Some(threads) => {
+                at_least("threads", threads as u64, 1)?;
+                threads
+            }
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        Ok(EngineConfig {
+            onnxruntime: self.onnxruntime.clone(),
+            model: self.model.clone(),
+            threads,
+        })
+    }
+}
+
+impl ServeArgs {
+    /// Validates the flags into a [`ServeConfig`].
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        at_least("max-message-bytes", self.max_message_bytes as u64, 1024)?;
+        at_least("max-frame-pixels", self.max_frame_pixels, 1)?;
+        at_least("max-references", self.max_references as u64, 1)?;
+        at_least("max-pending", self.max_pending as u64, 1)?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError {
+                flag: "data-dir",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        Ok(ServeConfig {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            engine: self.engine.resolve()?,
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes,
+                max_frame_pixels: self.max_frame_pixels,
+                max_references: self.max_references,
+                max_pending: self.max_pending,
+            },
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, String> {
+        let cli = Cli::try_parse_from(["loupe", "serve"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let Command::Serve(serve) = cli.command;
+        serve.resolve().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("loupe-data"));
+        assert_eq!(config.limits.max_message_bytes, 64 << 20);
+        assert!(config.engine.threads >= 1);
+        assert!(config.engine.model.is_none());
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let config = serve(&[
+            "--listen",
+            "0.0.0.0:6000",
+            "--data-dir",
+            "/tmp/x",
+            "--threads",
+            "3",
+            "--max-pending",
+            "5",
+            "--onnxruntime",
+            "/opt/ort.so",
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.engine.threads, 3);
+        assert_eq!(config.limits.max_pending, 5);
+        assert_eq!(config.engine.onnxruntime, Some(PathBuf::from("/opt/ort.so")));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_name() {
+        assert!(serve(&["--listen", "nowhere"]).unwrap_err().contains("--listen"));
+        assert!(serve(&["--threads", "0"]).unwrap_err().contains("--threads"));
+        assert!(
+            serve(&["--max-message-bytes", "10"])
+                .unwrap_err()
+                .contains("at least 1024")
+        );
+    }
+
+    #[test]
+    fn every_flag_has_an_env_variable_and_help() {
+        fn walk(command: &clap::Command) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_positional() {
+                    continue;
+                }
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                assert!(
+                    env.as_deref().is_some_and(|e| e.starts_with("LOUPE_")),
+                    "{} --{id} has no LOUPE_ env variable",
+                    command.get_name()
+                );
+                assert!(arg.get_help().is_some(), "--{id} has no help");
+            }
+            for sub in command.get_subcommands() {
+                walk(sub);
+            }
+        }
+        walk(&Cli::command());
+    }
+}

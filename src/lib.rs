@@ -1,0 +1,11 @@
+//! Loupe: visual quality inspection against a golden reference.
+//!
+//! Layers, with arrows pointing one way: [`service`] (gRPC transport) calls
+//! the engine, which calls [`model`] (ONNX Runtime). [`runtime`] finds and
+//! loads the ONNX Runtime library; [`config`] turns flags into settings.
+
+pub mod config;
+pub mod model;
+pub mod proto;
+pub mod runtime;
+pub mod service;

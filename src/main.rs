@@ -1,0 +1,83 @@
+//! The `loupe` command: parses flags, sets up logging, and runs a subcommand.
+//! Set-up failures (bad flags, no usable ONNX Runtime, a model that does not
+//! match its manifest) print one line and exit with code 2.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use loupe::config::{Cli, Command, ServeArgs};
+use loupe::runtime::{self, Lookup};
+
+/// Exit code for a set-up problem the user can fix (flags, runtime, model).
+const EXIT_SETUP: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Setup(message)) => {
+            eprintln!("loupe: {message}");
+            ExitCode::from(EXIT_SETUP)
+        }
+        Err(Failure::Other(error)) => {
+            eprintln!("loupe: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a subcommand failed, which decides the exit code.
+enum Failure {
+    /// Fixable set-up: one line, exit 2.
+    Setup(String),
+    /// Anything else: exit 1.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Other(error)
+    }
+}
+
+fn setup<E: std::fmt::Display>(error: E) -> Failure {
+    Failure::Setup(error.to_string())
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    let config = args.resolve().map_err(setup)?;
+    let runtime = runtime::load(&Lookup::from_process(config.engine.onnxruntime.clone())).map_err(setup)?;
+    tracing::info!(path = %runtime.path.display(), source = %runtime.source, version = %runtime.version, "ONNX Runtime loaded");
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    tokio.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| setup(format!("cannot listen on {}: {error}", config.listen)))?;
+        loupe::service::serve(config, runtime, listener, loupe::service::shutdown_signal())
+            .await
+            .map_err(|error| match error {
+                loupe::service::ServeError::Model(error) => setup(error),
+                other => Failure::Other(other.into()),
+            })
+    })
+}
