@@ -24,6 +24,237 @@ pub struct Cli {
 pub enum Command {
     /// Runs the gRPC inspection service.
     Serve(ServeArgs),
+    /// Manages recipes on a running server.
+    Recipe(RecipeArgs),
+    /// Inspects image files on a running server and prints the verdicts.
+    Inspect(InspectArgs),
+}
+
+/// Where a client command finds the server.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The Loupe server's address.
+    #[arg(long, env = "LOUPE_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+}
+
+/// Recipe settings as flags (unset flags keep the defaults, or with
+/// `recipe update` the recipe's current values).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// JSON file of recipe settings (the fields of RecipeSettings, as
+    /// `loupe recipe show --json` prints them); flags override it.
+    #[arg(long, env = "LOUPE_SETTINGS", value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+
+    /// Model input size, WxH, multiples of 16 (default 256x256).
+    #[arg(long, env = "LOUPE_INPUT_SIZE", value_name = "WxH", value_parser = parse_size)]
+    pub input_size: Option<(u32, u32)>,
+
+    /// Matching mode: global (PatchCore) or aligned (fixtured parts).
+    #[arg(long, env = "LOUPE_MODE", value_enum)]
+    pub mode: Option<ModeArg>,
+
+    /// Aligned mode: search radius in feature cells (default 1).
+    #[arg(long, env = "LOUPE_NEIGHBORHOOD", value_name = "CELLS")]
+    pub neighborhood: Option<u32>,
+
+    /// Global mode: coreset size, in reference patches (default 16384).
+    #[arg(long, env = "LOUPE_REFERENCE_SIZE", value_name = "N")]
+    pub reference_size: Option<u32>,
+
+    /// Global mode: give each frame an input of its own aspect ratio.
+    #[arg(long, env = "LOUPE_KEEP_ASPECT")]
+    pub keep_aspect: Option<bool>,
+
+    /// Smallest reported region, in frame pixels.
+    #[arg(long, env = "LOUPE_MIN_REGION_AREA", value_name = "PIXELS")]
+    pub min_region_area: Option<u32>,
+
+    /// Fixed threshold on the anomaly score (default: calibrated).
+    #[arg(long, env = "LOUPE_THRESHOLD")]
+    pub threshold: Option<f32>,
+
+    /// Sensitivity: above 1 fails more parts (default 1).
+    #[arg(long, env = "LOUPE_SENSITIVITY")]
+    pub sensitivity: Option<f32>,
+
+    /// Region of interest in frame pixels: x,y,width,height.
+    #[arg(long, env = "LOUPE_ROI", value_name = "X,Y,W,H", value_parser = parse_roi)]
+    pub roi: Option<crate::imaging::Roi>,
+
+    /// Inspection mask PNG (white = inspect, black = ignore).
+    #[arg(long, env = "LOUPE_MASK", value_name = "PNG")]
+    pub mask: Option<PathBuf>,
+}
+
+/// Matching mode flag values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// PatchCore: nearest reference patch anywhere.
+    Global,
+    /// Nearest reference patch near the same place.
+    Aligned,
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or("expected WxH, such as 256x256")?;
+    Ok((
+        w.trim().parse().map_err(|_| format!("bad width {w:?}"))?,
+        h.trim().parse().map_err(|_| format!("bad height {h:?}"))?,
+    ))
+}
+
+fn parse_roi(text: &str) -> Result<crate::imaging::Roi, String> {
+    let parts: Vec<u32> = text
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse()
+                .map_err(|_| format!("bad number {p:?} in {text:?}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let [x, y, width, height] = parts[..] else {
+        return Err("expected x,y,width,height".into());
+    };
+    Ok(crate::imaging::Roi { x, y, width, height })
+}
+
+impl SettingsArgs {
+    /// Applies the settings file and the flags to `base`.
+    pub fn apply(
+        &self,
+        base: crate::engine::RecipeSettings,
+    ) -> Result<crate::engine::RecipeSettings, ConfigError> {
+        let mut settings = match &self.settings {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    flag: "settings",
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?;
+                serde_json::from_str(&text).map_err(|e| ConfigError {
+                    flag: "settings",
+                    reason: format!("{}: {e}", path.display()),
+                })?
+            }
+            None => base,
+        };
+        if let Some((width, height)) = self.input_size {
+            settings.input_width = width;
+            settings.input_height = height;
+        }
+        if let Some(mode) = self.mode {
+            settings.match_mode = match mode {
+                ModeArg::Global => crate::engine::MatchMode::Global,
+                ModeArg::Aligned => crate::engine::MatchMode::Aligned,
+            };
+        }
+        if let Some(v) = self.neighborhood {
+            settings.neighborhood = v;
+        }
+        if let Some(v) = self.reference_size {
+            settings.reference_size = v;
+        }
+        if let Some(v) = self.keep_aspect {
+            settings.keep_aspect = v;
+        }
+        if let Some(v) = self.min_region_area {
+            settings.min_region_area = v;
+        }
+        if let Some(v) = self.threshold {
+            settings.threshold = Some(v);
+        }
+        if let Some(v) = self.sensitivity {
+            settings.sensitivity = v;
+        }
+        if let Some(v) = self.roi {
+            settings.roi = Some(v);
+        }
+        if let Some(path) = &self.mask {
+            settings.mask_png = std::fs::read(path).map_err(|e| ConfigError {
+                flag: "mask",
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+        }
+        Ok(settings)
+    }
+}
+
+/// `loupe recipe ...`.
+#[derive(Debug, Args)]
+pub struct RecipeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// What to do with recipes.
+    #[command(subcommand)]
+    pub action: RecipeAction,
+}
+
+/// Recipe actions.
+#[derive(Debug, Subcommand)]
+pub enum RecipeAction {
+    /// Creates a recipe.
+    Create {
+        /// Recipe name: letters, digits, '-', '_', '.'.
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Changes a recipe's settings (unset flags keep their current value).
+    Update {
+        /// Recipe name.
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Lists the recipes.
+    List,
+    /// Shows one recipe.
+    Show {
+        /// Recipe name.
+        name: String,
+        /// Print the settings as JSON (usable with --settings).
+        #[arg(long, env = "LOUPE_JSON")]
+        json: bool,
+    },
+    /// Deletes a recipe and its reference.
+    Delete {
+        /// Recipe name.
+        name: String,
+    },
+    /// Sends good frames (image files) to a recipe's golden reference.
+    AddRefs {
+        /// Recipe name.
+        name: String,
+        /// Image files of good parts.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Start the reference afresh instead of adding to it.
+        #[arg(long, env = "LOUPE_REPLACE")]
+        replace: bool,
+    },
+}
+
+/// `loupe inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Recipe to inspect against.
+    #[arg(long, env = "LOUPE_RECIPE")]
+    pub recipe: String,
+
+    /// Image files to inspect.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Write a heatmap overlay PNG per file into this folder.
+    #[arg(long, env = "LOUPE_HEATMAP_DIR", value_name = "DIR")]
+    pub heatmap: Option<PathBuf>,
 }
 
 /// Where the ONNX Runtime library and the feature model come from, and how
@@ -212,8 +443,47 @@ mod tests {
 
     fn serve(args: &[&str]) -> Result<ServeConfig, String> {
         let cli = Cli::try_parse_from(["loupe", "serve"].iter().chain(args)).map_err(|e| e.to_string())?;
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            unreachable!("parsed `serve`");
+        };
         serve.resolve().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn settings_flags_override_the_base() {
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "recipe",
+            "create",
+            "part",
+            "--input-size",
+            "320x160",
+            "--mode",
+            "aligned",
+            "--roi",
+            "1,2,30,40",
+            "--threshold",
+            "2.5",
+        ])
+        .unwrap();
+        let Command::Recipe(RecipeArgs {
+            action: RecipeAction::Create { name, settings },
+            ..
+        }) = cli.command
+        else {
+            panic!("parsed as something else");
+        };
+        assert_eq!(name, "part");
+        let settings = settings.apply(crate::engine::RecipeSettings::default()).unwrap();
+        assert_eq!((settings.input_width, settings.input_height), (320, 160));
+        assert_eq!(settings.match_mode, crate::engine::MatchMode::Aligned);
+        assert_eq!(
+            settings.roi.map(|r| (r.x, r.y, r.width, r.height)),
+            Some((1, 2, 30, 40))
+        );
+        assert_eq!(settings.threshold, Some(2.5));
+        assert!(parse_size("256").is_err());
+        assert!(parse_roi("1,2,3").is_err());
     }
 
     #[test]

@@ -4,8 +4,14 @@
 //! the engine, which calls [`model`] (ONNX Runtime). [`runtime`] finds and
 //! loads the ONNX Runtime library; [`config`] turns flags into settings.
 
+pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod imaging;
 pub mod model;
 pub mod proto;
+pub mod reference;
 pub mod runtime;
+pub mod scoring;
 pub mod service;
+pub mod store;

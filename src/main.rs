@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use loupe::config::{Cli, Command, ServeArgs};
 use loupe::runtime::{self, Lookup};
+use std::future::Future;
 
 /// Exit code for a set-up problem the user can fix (flags, runtime, model).
 const EXIT_SETUP: u8 = 2;
@@ -17,6 +18,8 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Recipe(args) => client(loupe::cli::recipe(args)),
+        Command::Inspect(args) => client(loupe::cli::inspect(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,6 +59,15 @@ fn init_logging(filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Runs a client command on a small async runtime.
+fn client(command: impl Future<Output = anyhow::Result<()>>) -> Result<(), Failure> {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(tokio.block_on(command)?)
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {

@@ -1,16 +1,38 @@
 //! The gRPC transport: binds the listener, serves grpc.health.v1 and
 //! reflection, and reports SERVING only once the model is loaded and warmed.
 
+pub mod convert;
+mod error;
+mod frames;
+mod inspection;
+mod recipes;
+mod registry;
+mod worker;
+
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use error::ServiceError;
+pub use frames::OwnedFrame;
+
 use crate::config::ServeConfig;
+use crate::engine::{Engine, EngineError};
+use crate::imaging::DecodeLimits;
 use crate::model::{FeatureModel, ModelError, ModelSource};
+use crate::proto::inspection_server::InspectionServer;
+use crate::proto::recipes_server::RecipesServer;
 use crate::runtime::Runtime;
+use crate::store::{Store, StoreError};
+
+use inspection::{InspectionService, Inspector};
+use recipes::RecipesService;
+use registry::Registry;
+use worker::Worker;
 
 /// The model input size the warm-up runs at (the default recipe size).
 const WARM_UP_SIZE: usize = 256;
@@ -21,26 +43,32 @@ pub enum ServeError {
     /// The model could not be loaded or warmed up.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The data folder cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// Reflection could not be set up (a bug in the embedded descriptors).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The model-loading thread died.
-    #[error("the model thread stopped unexpectedly: {0}")]
-    Worker(String),
+    /// The engine thread died while starting.
+    #[error("the engine thread stopped unexpectedly")]
+    Worker,
 }
 
-/// Names of every service whose health is reported: the overall status ("")
-/// and each Loupe service.
-pub const HEALTH_SERVICES: [&str; 1] = [""];
+/// Names whose health is reported: overall ("") and each Loupe service.
+pub const HEALTH_SERVICES: [&str; 3] = ["", "loupe.v1.Inspection", "loupe.v1.Recipes"];
 
 /// Runs the service on `listener` until `shutdown` completes.
 ///
-/// Health reports NOT_SERVING until the model is loaded and warmed on its
-/// own thread, then SERVING. A model that fails to load stops the server
-/// with that error.
+/// Health reports NOT_SERVING until the model is loaded and warmed on the
+/// engine thread, then SERVING. A model that fails to load stops the server
+/// with that error. After `shutdown`, new calls are refused, calls in flight
+/// get `config.shutdown_grace` to finish, and the function returns.
 pub async fn serve(
     config: ServeConfig,
     runtime: Runtime,
@@ -49,74 +77,120 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
-
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let (model_failed_tx, model_failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
-    let loader = tokio::task::spawn_blocking({
-        let engine = config.engine.clone();
-        move || -> Result<FeatureModel, ServeError> {
-            let source = match &engine.model {
-                Some(path) => ModelSource::from_path(path)?,
-                None => ModelSource::bundled()?,
-            };
+    let source = match &config.engine.model {
+        Some(path) => ModelSource::from_path(path)?,
+        None => ModelSource::bundled()?,
+    };
+    let limits = DecodeLimits {
+        max_pixels: config.limits.max_frame_pixels,
+    };
+    let store = Store::open(&config.data_dir)?;
+    let (model_id, size_multiple) = (
+        source.manifest.sha256.clone(),
+        source.manifest.input.size_multiple,
+    );
+    let registry = Arc::new(
+        tokio::task::spawn_blocking(move || Registry::load(store, limits, size_multiple, &model_id))
+            .await
+            .map_err(|_| ServeError::Worker)??,
+    );
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let threads = config.engine.threads;
+    let worker = Worker::spawn(
+        config.limits.max_pending,
+        move || {
             let started = std::time::Instant::now();
-            let mut model = FeatureModel::load(&runtime, &source, engine.threads)?;
+            let mut model = FeatureModel::load(&runtime, &source, threads)?;
             model.warm_up(WARM_UP_SIZE, WARM_UP_SIZE)?;
             tracing::info!(
                 model = %source.manifest.name,
                 origin = %source.origin,
-                threads = engine.threads,
+                threads,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "model loaded and warmed up"
             );
-            Ok(model)
-        }
-    });
+            Ok(Engine::new(model, limits))
+        },
+        ready_tx,
+    );
+
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
     let reporter = health_reporter.clone();
     tokio::spawn(async move {
-        match loader.await {
-            Ok(Ok(_model)) => set_health(&reporter, ServingStatus::Serving).await,
+        match ready_rx.await {
+            Ok(Ok(())) => set_health(&reporter, ServingStatus::Serving).await,
             Ok(Err(error)) => {
-                let _ = model_failed_tx.send(error);
+                let _ = failed_tx.send(match error {
+                    EngineError::Model(model) => ServeError::Model(model),
+                    other => ServeError::Engine(other),
+                });
             }
-            Err(join) => {
-                let _ = model_failed_tx.send(ServeError::Worker(join.to_string()));
+            Err(_) => {
+                let _ = failed_tx.send(ServeError::Worker);
             }
         }
     });
 
-    let local_addr = listener.local_addr().ok();
-    tracing::info!(addr = ?local_addr, "listening for gRPC");
+    let inspector = Arc::new(Inspector::new(
+        registry.clone(),
+        worker.clone(),
+        limits,
+        config.limits.max_pending,
+    ));
+    let max_message = config.limits.max_message_bytes;
+    let inspection = InspectionServer::new(InspectionService::new(inspector))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let recipes = RecipesServer::new(RecipesService::new(registry, worker, &config.limits))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
 
+    tracing::info!(addr = ?listener.local_addr().ok(), data_dir = %config.data_dir.display(), "listening for gRPC");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<ServeError>>();
     tokio::spawn(async move {
         let reason = tokio::select! {
             () = shutdown => None,
-            Ok(error) = model_failed_rx => Some(error),
+            Ok(error) = failed_rx => Some(error),
         };
         let _ = stop_tx.send(reason);
     });
     let (error_tx, error_rx) = tokio::sync::oneshot::channel::<ServeError>();
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let stopped = stopping.clone();
     let stop = async move {
         if let Ok(Some(error)) = stop_rx.await {
             let _ = error_tx.send(error);
         }
         set_health(&health_reporter, ServingStatus::NotServing).await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: no new calls, waiting for calls in flight");
+        stopped.notify_one();
     };
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await?;
+        .add_service(inspection)
+        .add_service(recipes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        result = server => result?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period; stopping anyway");
+        }
+    }
     match error_rx.await {
         Ok(error) => Err(error),
-        Err(_) => Ok(()),
+        Err(_) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,212 @@
+//! The command-line client: `loupe recipe ...` and `loupe inspect`, over the
+//! same gRPC API an integrator uses, so the service can be tried without
+//! writing code.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tonic::transport::Channel;
+
+use crate::config::{InspectArgs, RecipeAction, RecipeArgs};
+use crate::engine::RecipeSettings;
+use crate::proto;
+use crate::proto::inspection_client::InspectionClient;
+use crate::proto::recipes_client::RecipesClient;
+use crate::service::convert::{settings_from_proto, settings_to_proto};
+
+async fn connect(server: &str) -> Result<Channel> {
+    Channel::from_shared(server.to_owned())
+        .with_context(|| format!("bad server address {server:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the Loupe server at {server}; is `loupe serve` running?"))
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(status)`
+fn status(error: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", error.code(), error.message())
+}
+
+fn print_recipe(recipe: &proto::Recipe) {
+    let settings = recipe.settings.clone().unwrap_or_default();
+    let mode = if settings.match_mode == proto::MatchMode::Aligned as i32 {
+        "aligned"
+    } else {
+        "global"
+    };
+    println!(
+        "{}  revision {}  references {}  threshold {:.4}  input {}x{}  mode {}",
+        recipe.name,
+        recipe.revision,
+        recipe.reference_count,
+        recipe.threshold,
+        settings.input_width,
+        settings.input_height,
+        mode
+    );
+}
+
+/// Runs `loupe recipe ...`.
+pub async fn recipe(args: RecipeArgs) -> Result<()> {
+    let mut client = RecipesClient::new(connect(&args.server.server).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    match args.action {
+        RecipeAction::Create { name, settings } => {
+            let settings = settings.apply(RecipeSettings::default())?;
+            let recipe = client
+                .create_recipe(proto::CreateRecipeRequest {
+                    name,
+                    settings: Some(settings_to_proto(&settings)),
+                })
+                .await
+                .map_err(status)?;
+            print_recipe(recipe.get_ref());
+        }
+        RecipeAction::Update { name, settings } => {
+            let current = client
+                .get_recipe(proto::GetRecipeRequest { name: name.clone() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let base = settings_from_proto(current.settings)?;
+            let settings = settings.apply(base)?;
+            let recipe = client
+                .update_recipe(proto::UpdateRecipeRequest {
+                    name,
+                    settings: Some(settings_to_proto(&settings)),
+                })
+                .await
+                .map_err(status)?;
+            print_recipe(recipe.get_ref());
+        }
+        RecipeAction::List => {
+            let list = client
+                .list_recipes(proto::ListRecipesRequest {})
+                .await
+                .map_err(status)?;
+            if list.get_ref().recipes.is_empty() {
+                println!("no recipes");
+            }
+            list.get_ref().recipes.iter().for_each(print_recipe);
+        }
+        RecipeAction::Show { name, json } => {
+            let recipe = client
+                .get_recipe(proto::GetRecipeRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                let settings = settings_from_proto(recipe.settings)?;
+                println!("{}", serde_json::to_string_pretty(&settings)?);
+            } else {
+                print_recipe(&recipe);
+            }
+        }
+        RecipeAction::Delete { name } => {
+            client
+                .delete_recipe(proto::DeleteRecipeRequest { name: name.clone() })
+                .await
+                .map_err(status)?;
+            println!("deleted {name}");
+        }
+        RecipeAction::AddRefs { name, files, replace } => {
+            let mut messages = Vec::with_capacity(files.len());
+            for (index, file) in files.iter().enumerate() {
+                messages.push(proto::AddReferencesRequest {
+                    recipe: if index == 0 { name.clone() } else { String::new() },
+                    frame: Some(encoded_frame(file)?),
+                    replace: index == 0 && replace,
+                });
+            }
+            let recipe = client
+                .add_references(tokio_stream::iter(messages))
+                .await
+                .map_err(status)?;
+            print_recipe(recipe.get_ref());
+        }
+    }
+    Ok(())
+}
+
+fn encoded_frame(file: &Path) -> Result<proto::Frame> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(proto::Frame {
+        image: Some(proto::frame::Image::Encoded(bytes)),
+    })
+}
+
+/// Runs `loupe inspect`.
+pub async fn inspect(args: InspectArgs) -> Result<()> {
+    let mut client = InspectionClient::new(connect(&args.server.server).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    if let Some(dir) = &args.heatmap {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut failures = 0;
+    for file in &args.files {
+        let heatmap = args.heatmap.as_ref().map(|_| proto::HeatmapOptions {
+            format: proto::HeatmapFormat::OverlayPng as i32,
+            max_size: 0,
+        });
+        let request = proto::InspectRequest {
+            recipe: args.recipe.clone(),
+            frame: Some(encoded_frame(file)?),
+            frame_id: file.display().to_string(),
+            heatmap,
+        };
+        let response = match client.inspect(request).await {
+            Ok(response) => response.into_inner(),
+            Err(error) => {
+                println!("{}: ERROR {}", file.display(), status(error));
+                failures += 1;
+                continue;
+            }
+        };
+        let verdict = if response.verdict == proto::Verdict::Fail as i32 {
+            "FAIL"
+        } else {
+            "PASS"
+        };
+        let total_ms = response
+            .timings
+            .as_ref()
+            .map_or(0.0, |t| t.total_us as f64 / 1000.0);
+        println!(
+            "{}: {verdict} score {:.4} ({:.2} x threshold {:.4}) {} region(s) {total_ms:.1} ms",
+            file.display(),
+            response.score,
+            response.normalized_score,
+            response.threshold,
+            response.regions.len()
+        );
+        for region in &response.regions {
+            println!(
+                "    region x {} y {} {}x{} area {} max {:.4} mean {:.4}",
+                region.x,
+                region.y,
+                region.width,
+                region.height,
+                region.area,
+                region.max_score,
+                region.mean_score
+            );
+        }
+        if let (Some(dir), Some(heatmap)) = (&args.heatmap, &response.heatmap) {
+            let stem = file
+                .file_stem()
+                .map_or("frame".into(), |s| s.to_string_lossy().into_owned());
+            let path = dir.join(format!("{stem}.overlay.png"));
+            std::fs::write(&path, &heatmap.data)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    if failures > 0 {
+        bail!(
+            "{failures} of {} file(s) could not be inspected",
+            args.files.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! Teaching a recipe: features of good frames become the reference (a
+//! greedy k-center coreset for `global`, every image's grid for `aligned`),
+//! and good images the reference was not built from set the threshold.
+//!
+//! Calibration rule, by how many good images there are:
+//! - two or more: hold some out (`aligned`: each of up to
+//!   [`MAX_HELD_OUT`] images against all the others; `global`: every k-th
+//!   image, up to [`MAX_HELD_OUT`], against a coreset of the rest) and score
+//!   them;
+//! - one (a single golden image): score perturbed copies of it (shifted by
+//!   two pixels, brighter and darker, with sensor noise) against it, and
+//!   multiply by [`SINGLE_IMAGE_MARGIN`], since copies of one image vary
+//!   less than real good parts.
+//!
+//! Either way the scores go through [`threshold::from_good_scores`].
+
+use crate::imaging::FrameData;
+use crate::reference::coreset::{self, CoresetOptions};
+use crate::reference::{self, Reference};
+use crate::scoring::map::AnomalyMap;
+use crate::scoring::search::{Bank, Grid};
+use crate::scoring::threshold;
+
+use super::settings::{self, MatchMode, RecipeSettings};
+use super::{Engine, EngineError, MatchView};
+
+/// Most good images scored for calibration.
+pub const MAX_HELD_OUT: usize = 32;
+/// Extra factor on the threshold calibrated from one golden image.
+pub const SINGLE_IMAGE_MARGIN: f32 = 1.5;
+/// Dimensions of the random projection used by coreset selection.
+const PROJECTION_DIMS: usize = 64;
+/// Seed of the coreset's projection and start (deterministic enrollment).
+const SEED: u64 = 0x4c6f_7570_6521;
+
+/// One good image's features.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// Planar features: channels x grid height x grid width.
+    pub data: Vec<f32>,
+    /// The feature grid.
+    pub grid: Grid,
+    /// The normalised model input (3 x height x width), kept for the first
+    /// image only, for single-image calibration.
+    pub input: Option<(Vec<f32>, u32, u32)>,
+}
+
+/// Good images collected for one recipe, before the reference is built.
+#[derive(Debug, Clone, Default)]
+pub struct Enrollment {
+    images: Vec<Features>,
+}
+
+impl Enrollment {
+    /// An empty enrollment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one good image; only the first keeps its input tensor.
+    pub fn add(&mut self, mut features: Features) {
+        if !self.images.is_empty() {
+            features.input = None;
+        }
+        self.images.push(features);
+    }
+
+    /// How many images were added.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Whether no image was added.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
+impl Engine {
+    /// Decodes, preprocesses and runs the model on one good frame.
+    pub fn extract(
+        &mut self,
+        settings: &RecipeSettings,
+        frame: FrameData<'_>,
+    ) -> Result<Features, EngineError> {
+        self.decode(frame)?;
+        let (geometry, _) = self.preprocess(settings)?;
+        let (grid, _) = self.infer(geometry.input_width, geometry.input_height)?;
+        Ok(Features {
+            data: self.features.clone(),
+            grid,
+            input: Some((self.input.clone(), geometry.input_width, geometry.input_height)),
+        })
+    }
+
+    /// Builds the reference and calibrates its threshold.
+    pub fn build_reference(
+        &mut self,
+        settings: &RecipeSettings,
+        enrollment: &Enrollment,
+    ) -> Result<Reference, EngineError> {
+        self.validate(settings)?;
+        let images = &enrollment.images;
+        let Some(first) = images.first() else {
+            return Err(EngineError::NoReferences);
+        };
+        let grid = first.grid;
+        let mask = if settings.keep_aspect {
+            None
+        } else {
+            settings::mask_plane(
+                &settings.mask_png,
+                settings.input_width as usize,
+                settings.input_height as usize,
+                self.limits,
+            )?
+        };
+        let (mode, features, scores) = match settings.match_mode {
+            MatchMode::Aligned => {
+                if let Some(other) = images
+                    .iter()
+                    .find(|f| (f.grid.width, f.grid.height) != (grid.width, grid.height))
+                {
+                    return Err(EngineError::ReferenceMismatch(format!(
+                        "aligned references need one grid; got {}x{} and {}x{}",
+                        grid.width, grid.height, other.grid.width, other.grid.height
+                    )));
+                }
+                let features: Vec<f32> = images.iter().flat_map(|f| f.data.iter().copied()).collect();
+                let scores = if images.len() == 1 {
+                    let view = MatchView::Aligned {
+                        references: &features,
+                        neighborhood: settings.neighborhood as usize,
+                    };
+                    self.perturbation_scores(first, view, mask.as_deref())?
+                } else {
+                    self.leave_one_out_scores(settings, images, mask.as_deref())
+                };
+                (reference::MatchMode::Aligned, features, scores)
+            }
+            MatchMode::Global => {
+                let bank_rows = coreset_rows(images.iter(), settings.reference_size as usize);
+                let scores = if images.len() == 1 {
+                    let bank = Bank::new(bank_rows.clone(), grid.channels);
+                    self.perturbation_scores(first, MatchView::Global(&bank), mask.as_deref())?
+                } else {
+                    self.held_out_scores(settings, images, mask.as_deref())
+                };
+                (reference::MatchMode::Global, bank_rows, scores)
+            }
+        };
+        let calibrated = threshold::from_good_scores(&scores).ok_or(EngineError::NoReferences)?;
+        let calibrated = if images.len() == 1 {
+            calibrated * SINGLE_IMAGE_MARGIN
+        } else {
+            calibrated
+        };
+        Ok(Reference {
+            mode,
+            channels: grid.channels as u32,
+            grid_width: grid.width as u32,
+            grid_height: grid.height as u32,
+            features,
+            image_count: images.len() as u32,
+            threshold: calibrated,
+            calibration_scores: scores,
+            model_id: self.model_id(),
+        })
+    }
+
+    /// Image score (map maximum) of `features` against `view`.
+    fn image_score(&mut self, features: &Features, view: MatchView<'_>, mask: Option<&[f32]>) -> f32 {
+        let mut map = AnomalyMap::default();
+        self.score(&features.data, features.grid, view, mask, &mut map);
+        map.max()
+    }
+
+    /// Aligned: up to [`MAX_HELD_OUT`] images, each against all the others.
+    fn leave_one_out_scores(
+        &mut self,
+        settings: &RecipeSettings,
+        images: &[Features],
+        mask: Option<&[f32]>,
+    ) -> Vec<f32> {
+        held_out_indices(images.len())
+            .into_iter()
+            .map(|held| {
+                let others: Vec<f32> = images
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != held)
+                    .flat_map(|(_, f)| f.data.iter().copied())
+                    .collect();
+                let view = MatchView::Aligned {
+                    references: &others,
+                    neighborhood: settings.neighborhood as usize,
+                };
+                self.image_score(&images[held], view, mask)
+            })
+            .collect()
+    }
+
+    /// Global: held-out images against a coreset of the others.
+    fn held_out_scores(
+        &mut self,
+        settings: &RecipeSettings,
+        images: &[Features],
+        mask: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let held = held_out_indices(images.len());
+        let train = images
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !held.contains(i))
+            .map(|(_, f)| f);
+        let bank = Bank::new(
+            coreset_rows(train, settings.reference_size as usize),
+            images[0].grid.channels,
+        );
+        held.iter()
+            .map(|&i| self.image_score(&images[i], MatchView::Global(&bank), mask))
+            .collect()
+    }
+
+    /// One golden image: perturbed copies against the reference built from
+    /// it.
+    fn perturbation_scores(
+        &mut self,
+        golden: &Features,
+        view: MatchView<'_>,
+        mask: Option<&[f32]>,
+    ) -> Result<Vec<f32>, EngineError> {
+        let Some((input, width, height)) = &golden.input else {
+            return Err(EngineError::NoReferences);
+        };
+        let normalize = self.normalize;
+        let variants = perturbations(
+            input,
+            *width as usize,
+            *height as usize,
+            &normalize.mean,
+            &normalize.std,
+        );
+        let mut scores = Vec::with_capacity(variants.len());
+        for variant in variants {
+            self.input = variant;
+            let (grid, _) = self.infer(*width, *height)?;
+            let features = Features {
+                data: self.features.clone(),
+                grid,
+                input: None,
+            };
+            scores.push(self.image_score(&features, view, mask));
+        }
+        Ok(scores)
+    }
+}
+
+/// Which images calibration holds out: up to [`MAX_HELD_OUT`], evenly
+/// spaced; about one in five when there are many.
+fn held_out_indices(count: usize) -> Vec<usize> {
+    if count < 2 {
+        return Vec::new();
+    }
+    let held = (count / 5).clamp(1, MAX_HELD_OUT);
+    (0..held).map(|k| k * count / held).collect()
+}
+
+/// The coreset rows (row-major, channels per row) of all patches of
+/// `images`, or every patch when there are no more than `target`.
+fn coreset_rows<'a>(images: impl Iterator<Item = &'a Features>, target: usize) -> Vec<f32> {
+    let mut channels = 0;
+    let mut rows: Vec<f32> = Vec::new();
+    for image in images {
+        channels = image.grid.channels;
+        let cells = image.grid.width * image.grid.height;
+        let start = rows.len();
+        rows.resize(start + image.data.len(), 0.0);
+        // Planar (channel-major) to row-major (patch-major).
+        for (c, plane) in image.data.chunks_exact(cells).enumerate() {
+            for (p, &v) in plane.iter().enumerate() {
+                rows[start + p * channels + c] = v;
+            }
+        }
+    }
+    if channels == 0 || rows.len() / channels <= target {
+        return rows;
+    }
+    let selected = coreset::select(
+        &rows,
+        channels,
+        CoresetOptions {
+            target,
+            projection_dims: PROJECTION_DIMS,
+            seed: SEED,
+        },
+    );
+    let mut bank = Vec::with_capacity(selected.len() * channels);
+    for index in selected {
+        bank.extend_from_slice(&rows[index * channels..(index + 1) * channels]);
+    }
+    bank
+}
+
+/// Perturbed copies of a normalised input tensor (3 planes of
+/// `width` x `height`): shifted by 2 pixels each way, 8 % darker and
+/// brighter, with Gaussian sensor noise of 3 grey levels, and all combined.
+fn perturbations(
+    input: &[f32],
+    width: usize,
+    height: usize,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+) -> Vec<Vec<f32>> {
+    let shift = |dx: isize, dy: isize| {
+        let mut out = vec![0.0; input.len()];
+        for (plane_in, plane_out) in input
+            .chunks_exact(width * height)
+            .zip(out.chunks_exact_mut(width * height))
+        {
+            for y in 0..height {
+                let sy = (y as isize - dy).clamp(0, height as isize - 1) as usize;
+                for x in 0..width {
+                    let sx = (x as isize - dx).clamp(0, width as isize - 1) as usize;
+                    plane_out[y * width + x] = plane_in[sy * width + sx];
+                }
+            }
+        }
+        out
+    };
+    // Brightness a on pixels x: (a x - m) / s = a (x - m) / s + (a - 1) m / s.
+    let brightness = |source: &[f32], a: f32| {
+        let mut out = source.to_vec();
+        for (c, plane) in out.chunks_exact_mut(width * height).enumerate() {
+            let offset = (a - 1.0) * mean[c] / std[c];
+            plane.iter_mut().for_each(|v| *v = a * *v + offset);
+        }
+        out
+    };
+    let noise = |source: &[f32], seed: u64| {
+        let mut state = seed | 1;
+        let mut gaussian = || {
+            // Sum of four uniforms: close enough to Gaussian for noise.
+            let mut sum = 0.0;
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                sum += (state >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            (sum - 2.0) * (12.0_f32 / 4.0).sqrt()
+        };
+        let mut out = source.to_vec();
+        for (c, plane) in out.chunks_exact_mut(width * height).enumerate() {
+            let sigma = 3.0 / 255.0 / std[c];
+            plane.iter_mut().for_each(|v| *v += sigma * gaussian());
+        }
+        out
+    };
+    vec![
+        shift(2, 0),
+        shift(-2, 0),
+        shift(0, 2),
+        shift(0, -2),
+        brightness(input, 0.92),
+        brightness(input, 1.08),
+        noise(input, 1),
+        noise(input, 2),
+        noise(&brightness(&shift(1, 1), 1.04), 3),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_out_images_are_spread_and_bounded() {
+        assert!(held_out_indices(1).is_empty());
+        assert_eq!(held_out_indices(2), [0]);
+        assert_eq!(held_out_indices(10), [0, 5]);
+        let many = held_out_indices(714);
+        assert_eq!(many.len(), MAX_HELD_OUT);
+        assert!(many.windows(2).all(|w| w[0] < w[1]) && *many.last().unwrap() < 714);
+    }
+
+    #[test]
+    fn planar_features_become_rows() {
+        let features = Features {
+            // 2 channels on a 2 x 1 grid: planes [1, 2] and [3, 4].
+            data: vec![1.0, 2.0, 3.0, 4.0],
+            grid: Grid {
+                channels: 2,
+                width: 2,
+                height: 1,
+            },
+            input: None,
+        };
+        assert_eq!(coreset_rows(std::iter::once(&features), 10), [1.0, 3.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn perturbations_keep_shape_and_change_the_image() {
+        let input: Vec<f32> = (0..3 * 16 * 16).map(|i| (i % 37) as f32 / 37.0).collect();
+        let variants = perturbations(&input, 16, 16, &[0.5; 3], &[0.5; 3]);
+        assert_eq!(variants.len(), 9);
+        for variant in &variants {
+            assert_eq!(variant.len(), input.len());
+            assert_ne!(variant, &input);
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The inspection engine: teaches a recipe from good frames and judges new
+//! frames against it. Synchronous and single-threaded by contract (ONNX
+//! Runtime and the matrix products use their own threads); the service
+//! reaches it through a worker thread that owns one [`Engine`].
+
+mod enroll;
+mod inspect;
+pub mod settings;
+
+use std::time::{Duration, Instant};
+
+pub use enroll::{Enrollment, Features};
+pub use inspect::{HeatmapFormat, HeatmapImage, InspectOptions, Inspection, Region, Timings, Verdict};
+pub use settings::{MatchMode, RecipeSettings};
+
+use crate::imaging::{self, DecodeLimits, FrameData, Geometry, Image, ImagingError, Normalize, Preprocessor};
+use crate::model::{FeatureModel, ModelError};
+use crate::reference::{self, Reference};
+use crate::scoring::map::{AnomalyMap, MapBuilder, sigma_for};
+use crate::scoring::search::{self, Bank, Grid, SearchScratch};
+use crate::scoring::threshold;
+
+/// Errors of the engine layer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The frame cannot be read (bad buffer, bad file, too large).
+    #[error(transparent)]
+    Frame(#[from] ImagingError),
+    /// The recipe settings cannot work.
+    #[error("invalid settings: {0}")]
+    InvalidSettings(String),
+    /// A reference was asked for without good frames.
+    #[error("no good frames to build the reference from")]
+    NoReferences,
+    /// The reference was built by another model or with other settings.
+    #[error("the reference does not fit: {0}")]
+    ReferenceMismatch(String),
+    /// The feature model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A reference file could not be read or written.
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+    /// Encoding a heatmap failed.
+    #[error("heatmap encoding failed: {0}")]
+    Heatmap(String),
+}
+
+/// A recipe ready to judge frames: settings, reference, the bank or
+/// reference grids, the mask at map resolution, and the threshold in force.
+#[derive(Debug, Clone)]
+pub struct Judge {
+    settings: RecipeSettings,
+    reference: Reference,
+    matcher: Matcher,
+    mask: Option<Vec<f32>>,
+    threshold: f32,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Global(Bank),
+    Aligned,
+}
+
+/// What a frame's patches are searched in: borrowed, so calibration can
+/// score against references that no [`Judge`] holds.
+#[derive(Debug, Clone, Copy)]
+enum MatchView<'a> {
+    Global(&'a Bank),
+    Aligned {
+        /// Planar reference images, one after another.
+        references: &'a [f32],
+        /// Search radius in cells.
+        neighborhood: usize,
+    },
+}
+
+impl Judge {
+    /// Prepares `reference` for judging with `settings`: builds the bank,
+    /// decodes the mask, and fixes the threshold (the settings' fixed one,
+    /// else the calibrated one over the sensitivity).
+    pub fn new(
+        settings: RecipeSettings,
+        reference: Reference,
+        limits: DecodeLimits,
+    ) -> Result<Self, EngineError> {
+        let channels = reference.channels as usize;
+        let matcher = match settings.match_mode {
+            MatchMode::Global => Matcher::Global(Bank::new(reference.features.clone(), channels)),
+            MatchMode::Aligned => Matcher::Aligned,
+        };
+        if (settings.match_mode == MatchMode::Global) != (reference.mode == reference::MatchMode::Global) {
+            return Err(EngineError::ReferenceMismatch(
+                "the reference was built for the other matching mode".into(),
+            ));
+        }
+        let mask = if settings.keep_aspect {
+            None
+        } else {
+            settings::mask_plane(
+                &settings.mask_png,
+                settings.input_width as usize,
+                settings.input_height as usize,
+                limits,
+            )?
+        };
+        let threshold = threshold::in_force(reference.threshold, settings.threshold, settings.sensitivity);
+        Ok(Self {
+            settings,
+            reference,
+            matcher,
+            mask,
+            threshold,
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &RecipeSettings {
+        &self.settings
+    }
+
+    /// The reference.
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// The threshold in force.
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    fn view(&self) -> MatchView<'_> {
+        match &self.matcher {
+            Matcher::Global(bank) => MatchView::Global(bank),
+            Matcher::Aligned => MatchView::Aligned {
+                references: &self.reference.features,
+                neighborhood: self.settings.neighborhood as usize,
+            },
+        }
+    }
+}
+
+/// The engine: one feature model and every buffer a request needs, reused
+/// from call to call.
+#[derive(Debug)]
+pub struct Engine {
+    model: FeatureModel,
+    normalize: Normalize,
+    limits: DecodeLimits,
+    preprocessor: Preprocessor,
+    image: Image,
+    input: Vec<f32>,
+    features: Vec<f32>,
+    scratch: SearchScratch,
+    patch_scores: Vec<f32>,
+    maps: MapBuilder,
+}
+
+impl Engine {
+    /// Wraps a loaded model; frames larger than `limits` are refused.
+    pub fn new(model: FeatureModel, limits: DecodeLimits) -> Self {
+        let normalization = &model.manifest().normalization;
+        let normalize = Normalize {
+            mean: normalization.mean,
+            std: normalization.std,
+        };
+        Self {
+            model,
+            normalize,
+            limits,
+            preprocessor: Preprocessor::new(),
+            image: Image::default(),
+            input: Vec::new(),
+            features: Vec::new(),
+            scratch: SearchScratch::default(),
+            patch_scores: Vec::new(),
+            maps: MapBuilder::default(),
+        }
+    }
+
+    /// The feature model.
+    pub fn model(&self) -> &FeatureModel {
+        &self.model
+    }
+
+    /// The decode limits.
+    pub fn limits(&self) -> DecodeLimits {
+        self.limits
+    }
+
+    /// Identity of the model that references are tied to.
+    pub fn model_id(&self) -> String {
+        self.model.manifest().sha256.clone()
+    }
+
+    fn stride(&self) -> usize {
+        self.model.manifest().output.stride as usize
+    }
+
+    /// Checks settings against the model.
+    pub fn validate(&self, settings: &RecipeSettings) -> Result<(), EngineError> {
+        settings.validate(self.model.manifest().input.size_multiple)
+    }
+
+    /// The model input size for a frame of `width` x `height` (after ROI).
+    fn input_size(&self, settings: &RecipeSettings, width: u32, height: u32) -> (u32, u32) {
+        if settings.keep_aspect {
+            imaging::input_size_for_aspect(width, height, settings.input_width * settings.input_height)
+        } else {
+            (settings.input_width, settings.input_height)
+        }
+    }
+
+    /// Decodes `frame` into the engine's image buffer.
+    fn decode(&mut self, frame: FrameData<'_>) -> Result<Duration, EngineError> {
+        let started = Instant::now();
+        imaging::decode(frame, self.limits, &mut self.image)?;
+        Ok(started.elapsed())
+    }
+
+    /// Crops, resizes and normalises the decoded image into the input
+    /// tensor.
+    fn preprocess(&mut self, settings: &RecipeSettings) -> Result<(Geometry, Duration), EngineError> {
+        let started = Instant::now();
+        let (roi_width, roi_height) = match settings.roi {
+            Some(roi) => (roi.width, roi.height),
+            None => (self.image.width, self.image.height),
+        };
+        let (width, height) = self.input_size(settings, roi_width, roi_height);
+        self.input.resize(3 * width as usize * height as usize, 0.0);
+        let geometry = self.preprocessor.run(
+            &self.image,
+            settings.roi,
+            width,
+            height,
+            &self.normalize,
+            &mut self.input,
+        )?;
+        Ok((geometry, started.elapsed()))
+    }
+
+    /// Runs the model on the input tensor (one image); features land in
+    /// `self.features`. Returns the grid.
+    fn infer(&mut self, width: u32, height: u32) -> Result<(Grid, Duration), EngineError> {
+        let started = Instant::now();
+        let shape = self.model.run(
+            &self.input,
+            1,
+            height as usize,
+            width as usize,
+            &mut self.features,
+        )?;
+        let grid = Grid {
+            channels: shape.channels,
+            width: shape.width,
+            height: shape.height,
+        };
+        Ok((grid, started.elapsed()))
+    }
+
+    /// Scores `features` (one image on `grid`) against `view` and builds
+    /// the anomaly map at the input size (grid x stride) into `map`.
+    fn score(
+        &mut self,
+        features: &[f32],
+        grid: Grid,
+        view: MatchView<'_>,
+        mask: Option<&[f32]>,
+        map: &mut AnomalyMap,
+    ) {
+        self.patch_scores.resize(grid.width * grid.height, 0.0);
+        match view {
+            MatchView::Global(bank) => search::nearest_global(
+                features,
+                grid.width * grid.height,
+                bank,
+                &mut self.scratch,
+                &mut self.patch_scores,
+            ),
+            MatchView::Aligned {
+                references,
+                neighborhood,
+            } => search::nearest_aligned(
+                features,
+                references,
+                grid,
+                neighborhood,
+                &mut self.scratch,
+                &mut self.patch_scores,
+            ),
+        }
+        let stride = self.stride();
+        let (width, height) = (grid.width * stride, grid.height * stride);
+        let mask = mask.filter(|m| m.len() == width * height);
+        self.maps.build(
+            &self.patch_scores,
+            grid.width,
+            grid.height,
+            width,
+            height,
+            sigma_for(width, height),
+            mask,
+            map,
+        );
+    }
+}

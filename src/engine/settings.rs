@@ -1,0 +1,292 @@
+//! Recipe settings as the engine uses them: defaults, validation, and the
+//! inspection mask.
+
+use serde::{Deserialize, Serialize};
+
+use crate::imaging::{Channels, DecodeLimits, FrameData, Image, Roi, decode};
+use crate::scoring::map::resize_f32;
+
+use super::EngineError;
+
+/// Default model input size (both sides).
+pub const DEFAULT_INPUT_SIZE: u32 = 256;
+/// Default aligned-mode neighbourhood, in feature cells.
+pub const DEFAULT_NEIGHBORHOOD: u32 = 1;
+/// Default global-mode coreset size: the bank size that keeps a
+/// 1024x1024 frame at 256x256 within the 25 ms latency target on 2 cores
+/// (see the README's results).
+pub const DEFAULT_REFERENCE_SIZE: u32 = 16_384;
+/// Largest model input side accepted.
+pub const MAX_INPUT_SIZE: u32 = 2048;
+/// Largest aligned-mode neighbourhood accepted.
+pub const MAX_NEIGHBORHOOD: u32 = 8;
+/// Largest coreset accepted.
+pub const MAX_REFERENCE_SIZE: u32 = 1 << 20;
+
+/// How frame patches are compared with the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchMode {
+    /// PatchCore: nearest reference patch anywhere.
+    #[default]
+    Global,
+    /// Nearest reference patch within `neighborhood` cells of the same place.
+    Aligned,
+}
+
+/// Everything that decides how a product is inspected. Every field has a
+/// default, so `RecipeSettings::default()` is a working recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecipeSettings {
+    /// Model input width, a multiple of 16.
+    pub input_width: u32,
+    /// Model input height, a multiple of 16.
+    pub input_height: u32,
+    /// Global only: size each frame's input to its own aspect ratio, with
+    /// about `input_width x input_height` pixels (for parts whose shape
+    /// varies); otherwise every frame is resized to exactly that size.
+    pub keep_aspect: bool,
+    /// Matching mode.
+    pub match_mode: MatchMode,
+    /// Aligned only: how far, in feature cells, a patch may be from the same
+    /// place in the reference.
+    pub neighborhood: u32,
+    /// Regions smaller than this many frame pixels are not reported.
+    pub min_region_area: u32,
+    /// A fixed threshold on the anomaly score instead of the calibrated one.
+    pub threshold: Option<f32>,
+    /// Scales the calibrated threshold: above 1 fails more parts.
+    pub sensitivity: f32,
+    /// Region of interest in frame pixels; `None` is the whole frame.
+    pub roi: Option<Roi>,
+    /// Inspection mask (PNG, white = inspect); empty = inspect everything.
+    #[serde(with = "base64_bytes")]
+    pub mask_png: Vec<u8>,
+    /// Global only: coreset size (reference patches kept).
+    pub reference_size: u32,
+}
+
+impl Default for RecipeSettings {
+    fn default() -> Self {
+        Self {
+            input_width: DEFAULT_INPUT_SIZE,
+            input_height: DEFAULT_INPUT_SIZE,
+            keep_aspect: false,
+            match_mode: MatchMode::Global,
+            neighborhood: DEFAULT_NEIGHBORHOOD,
+            min_region_area: 0,
+            threshold: None,
+            sensitivity: 1.0,
+            roi: None,
+            mask_png: Vec::new(),
+            reference_size: DEFAULT_REFERENCE_SIZE,
+        }
+    }
+}
+
+fn invalid(message: String) -> EngineError {
+    EngineError::InvalidSettings(message)
+}
+
+impl RecipeSettings {
+    /// Checks every field; the message says which and why.
+    pub fn validate(&self, size_multiple: u32) -> Result<(), EngineError> {
+        for (name, value) in [
+            ("input_width", self.input_width),
+            ("input_height", self.input_height),
+        ] {
+            if value == 0 || value > MAX_INPUT_SIZE || value % size_multiple != 0 {
+                return Err(invalid(format!(
+                    "{name} is {value}; it must be a multiple of {size_multiple} between {size_multiple} and {MAX_INPUT_SIZE}"
+                )));
+            }
+        }
+        if self.keep_aspect && self.match_mode == MatchMode::Aligned {
+            return Err(invalid(
+                "keep_aspect works only with the global mode: aligned needs one grid for every frame".into(),
+            ));
+        }
+        if self.neighborhood > MAX_NEIGHBORHOOD {
+            return Err(invalid(format!(
+                "neighborhood is {}; at most {MAX_NEIGHBORHOOD} cells",
+                self.neighborhood
+            )));
+        }
+        if !(self.sensitivity.is_finite() && self.sensitivity > 0.0) {
+            return Err(invalid(format!(
+                "sensitivity is {}; it must be above 0",
+                self.sensitivity
+            )));
+        }
+        if let Some(threshold) = self.threshold
+            && !(threshold.is_finite() && threshold > 0.0)
+        {
+            return Err(invalid(format!("threshold is {threshold}; it must be above 0")));
+        }
+        if self.reference_size == 0 || self.reference_size > MAX_REFERENCE_SIZE {
+            return Err(invalid(format!(
+                "reference_size is {}; it must be between 1 and {MAX_REFERENCE_SIZE}",
+                self.reference_size
+            )));
+        }
+        if let Some(roi) = self.roi
+            && (roi.width == 0 || roi.height == 0)
+        {
+            return Err(invalid("roi width and height must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether a change from `self` to `other` invalidates the reference
+    /// features (so they must be computed again from the good frames).
+    pub fn reference_changes(&self, other: &Self) -> bool {
+        (
+            self.input_width,
+            self.input_height,
+            self.keep_aspect,
+            self.match_mode,
+            self.roi,
+            self.reference_size,
+        ) != (
+            other.input_width,
+            other.input_height,
+            other.keep_aspect,
+            other.match_mode,
+            other.roi,
+            other.reference_size,
+        )
+    }
+}
+
+/// Decodes the mask PNG into a `width` x `height` plane of 1.0 (inspect)
+/// and 0.0 (ignore), scaling it to fit. `None` for an empty mask.
+pub fn mask_plane(
+    mask_png: &[u8],
+    width: usize,
+    height: usize,
+    limits: DecodeLimits,
+) -> Result<Option<Vec<f32>>, EngineError> {
+    if mask_png.is_empty() {
+        return Ok(None);
+    }
+    let mut image = Image::default();
+    decode(FrameData::Encoded(mask_png), limits, &mut image)
+        .map_err(|error| invalid(format!("mask_png: {error}")))?;
+    let gray: Vec<f32> = match image.channels {
+        Channels::Gray => image.data.iter().map(|&v| f32::from(v)).collect(),
+        Channels::Rgb => image
+            .data
+            .chunks_exact(3)
+            .map(|p| f32::from(p[0].max(p[1]).max(p[2])))
+            .collect(),
+    };
+    let mut plane = vec![0.0; width * height];
+    resize_f32(
+        &mut fast_image_resize::Resizer::new(),
+        &gray,
+        image.width as usize,
+        image.height as usize,
+        &mut plane,
+        width,
+        height,
+    );
+    for v in &mut plane {
+        *v = if *v >= 127.5 { 1.0 } else { 0.0 };
+    }
+    if plane.iter().all(|&v| v == 0.0) {
+        return Err(invalid(
+            "mask_png is black everywhere: nothing would be inspected".into(),
+        ));
+    }
+    Ok(Some(plane))
+}
+
+/// Serde helper: bytes as base64 in JSON (masks are small PNGs).
+mod base64_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        serializer.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let mut out = Vec::with_capacity(text.len() / 4 * 3);
+        let mut buffer = 0_u32;
+        let mut bits = 0;
+        for c in text.bytes().filter(|&c| c != b'=') {
+            let value = ALPHABET
+                .iter()
+                .position(|&a| a == c)
+                .ok_or_else(|| serde::de::Error::custom("invalid base64"))?;
+            buffer = (buffer << 6) | value as u32;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((buffer >> bits) as u8);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RecipeSettings::default().validate(16).unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let bad = |change: fn(&mut RecipeSettings)| {
+            let mut settings = RecipeSettings::default();
+            change(&mut settings);
+            settings.validate(16).unwrap_err().to_string()
+        };
+        assert!(bad(|s| s.input_width = 250).contains("input_width is 250"));
+        assert!(bad(|s| s.input_height = 0).contains("input_height"));
+        assert!(bad(|s| s.sensitivity = 0.0).contains("sensitivity"));
+        assert!(bad(|s| s.threshold = Some(f32::NAN)).contains("threshold"));
+        assert!(bad(|s| s.neighborhood = 99).contains("neighborhood"));
+        assert!(bad(|s| s.reference_size = 0).contains("reference_size"));
+        assert!(
+            bad(|s| {
+                s.keep_aspect = true;
+                s.match_mode = MatchMode::Aligned;
+            })
+            .contains("keep_aspect")
+        );
+    }
+
+    #[test]
+    fn settings_round_trip_through_json_with_the_mask() {
+        let settings = RecipeSettings {
+            mask_png: vec![0, 1, 2, 250, 251],
+            threshold: Some(3.5),
+            ..RecipeSettings::default()
+        };
+        let json = serde_json::to_string(&settings).unwrap();
+        assert_eq!(serde_json::from_str::<RecipeSettings>(&json).unwrap(), settings);
+        let partial: RecipeSettings = serde_json::from_str(r#"{"match_mode": "aligned"}"#).unwrap();
+        assert_eq!(partial.match_mode, MatchMode::Aligned);
+        assert_eq!(partial.input_width, DEFAULT_INPUT_SIZE);
+    }
+}

@@ -1,0 +1,642 @@
+//! The reference file: a recipe's golden reference (memory bank, grid, calibration),
+//! saved atomically and checked thoroughly on load.
+//!
+//! Layout, little-endian: magic `LOUPEREF`, u32 format version, u32 header length,
+//! the header (mode u8, channels u32, grid width u32, grid height u32, image count
+//! u32, threshold f32, model id as u32 length + UTF-8, calibration score count u32 +
+//! f32s, feature count u64), the features as f32s, and a CRC32 of everything before it.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+const MAGIC: &[u8; 8] = b"LOUPEREF";
+/// Magic, version and header length.
+const PREAMBLE: usize = 16;
+/// The trailing CRC32.
+const TRAILER: usize = 4;
+/// Header bytes with an empty model id and no calibration scores.
+const MIN_HEADER: usize = 1 + 4 * 6 + 4 + 8;
+/// What `decode` calls its input when it has no file name.
+const IN_MEMORY: &str = "reference data";
+
+/// How a reference is matched (mirror of the engine's mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchMode {
+    /// Each test patch against every bank patch, wherever it came from.
+    Global,
+    /// Each test patch against the bank patches at the same grid cell.
+    Aligned,
+}
+
+/// A golden reference: the feature memory bank plus what is needed to use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    /// How the bank is matched.
+    pub mode: MatchMode,
+    /// Feature channels per patch (152 for the default model).
+    pub channels: u32,
+    /// Feature grid of one image, cells across, at the recipe's input size.
+    pub grid_width: u32,
+    /// Feature grid of one image, cells down, at the recipe's input size.
+    pub grid_height: u32,
+    /// Global: `rows` patches x `channels`, row-major (the coreset). Aligned: `images` x
+    /// channels x grid_height x grid_width (NCHW per image).
+    pub features: Vec<f32>,
+    /// How many good images it was built from.
+    pub image_count: u32,
+    /// Calibrated threshold on the anomaly score.
+    pub threshold: f32,
+    /// The held-out good scores the threshold came from (for reporting).
+    pub calibration_scores: Vec<f32>,
+    /// Free-form identity of the model that produced the features (e.g. manifest
+    /// sha256); checked at load by the caller.
+    pub model_id: String,
+}
+
+impl Reference {
+    /// Number of patch rows (global) or images (aligned); 0 if the shape is degenerate.
+    pub fn rows(&self) -> usize {
+        let per_row = match self.mode {
+            MatchMode::Global => self.channels as usize,
+            MatchMode::Aligned => {
+                self.channels as usize * self.grid_width as usize * self.grid_height as usize
+            }
+        };
+        self.features.len().checked_div(per_row).unwrap_or(0)
+    }
+}
+
+/// Errors of reading and writing references. `origin` names the file, or says
+/// "reference data" for bytes decoded in memory.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    /// The file system refused a read, write, sync or rename.
+    #[error("reference file {}: {source}", path.display())]
+    Io {
+        /// The file (or, for the final sync, its folder).
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The data does not start with the reference magic.
+    #[error("{origin} is not a Loupe reference file (it does not start with LOUPEREF); check the path")]
+    BadMagic {
+        /// Which file.
+        origin: String,
+    },
+    /// The file was written by a different format version.
+    #[error(
+        "{origin} was written by format version {found}; this Loupe reads version {supported}; \
+         rebuild the reference with this Loupe"
+    )]
+    Version {
+        /// Which file.
+        origin: String,
+        /// The version in the file.
+        found: u32,
+        /// The version this code reads.
+        supported: u32,
+    },
+    /// The file is shorter than its header says.
+    #[error(
+        "{origin} is truncated: it has {found} bytes, its header needs {expected}; \
+         the write or copy was cut short, copy or rebuild it"
+    )]
+    Truncated {
+        /// Which file.
+        origin: String,
+        /// Bytes the header calls for.
+        expected: u64,
+        /// Bytes present.
+        found: u64,
+    },
+    /// The contents do not match the stored checksum.
+    #[error(
+        "{origin} is corrupt: its checksum is {computed:08x}, the file says {stored:08x}; \
+         restore or rebuild it"
+    )]
+    Checksum {
+        /// Which file.
+        origin: String,
+        /// CRC32 stored in the file.
+        stored: u32,
+        /// CRC32 of the contents.
+        computed: u32,
+    },
+    /// The file is well-formed but describes an impossible reference.
+    #[error("{origin} is corrupt: {reason}; rebuild it")]
+    Corrupt {
+        /// Which file.
+        origin: String,
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// `save` was given a reference that could not be loaded back.
+    #[error("refusing to save an invalid reference: {reason}")]
+    Invalid {
+        /// What is inconsistent.
+        reason: String,
+    },
+}
+
+impl ReferenceError {
+    /// Names `path` as the origin of a decoding error.
+    fn in_file(mut self, path: &Path) -> Self {
+        if let Self::BadMagic { origin }
+        | Self::Version { origin, .. }
+        | Self::Truncated { origin, .. }
+        | Self::Checksum { origin, .. }
+        | Self::Corrupt { origin, .. } = &mut self
+        {
+            *origin = format!("reference file {}", path.display());
+        }
+        self
+    }
+}
+
+fn corrupt(reason: impl Into<String>) -> ReferenceError {
+    ReferenceError::Corrupt {
+        origin: IN_MEMORY.into(),
+        reason: reason.into(),
+    }
+}
+
+fn truncated(expected: usize, found: usize) -> ReferenceError {
+    ReferenceError::Truncated {
+        origin: IN_MEMORY.into(),
+        expected: expected as u64,
+        found: found as u64,
+    }
+}
+
+/// Serialises `reference`. Lengths beyond the format's u32 fields are clamped,
+/// which [`save`] rules out beforehand; the bytes are then refused by [`decode`].
+pub fn encode(reference: &Reference) -> Vec<u8> {
+    let id = reference.model_id.as_bytes();
+    let header_len = MIN_HEADER + id.len() + 4 * reference.calibration_scores.len();
+    let total = PREAMBLE + header_len + 4 * reference.features.len() + TRAILER;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&clamp_u32(header_len).to_le_bytes());
+    out.push(match reference.mode {
+        MatchMode::Global => 0,
+        MatchMode::Aligned => 1,
+    });
+    for value in [
+        reference.channels,
+        reference.grid_width,
+        reference.grid_height,
+        reference.image_count,
+    ] {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out.extend_from_slice(&reference.threshold.to_le_bytes());
+    out.extend_from_slice(&clamp_u32(id.len()).to_le_bytes());
+    out.extend_from_slice(id);
+    out.extend_from_slice(&clamp_u32(reference.calibration_scores.len()).to_le_bytes());
+    put_f32s(&mut out, &reference.calibration_scores);
+    out.extend_from_slice(&(reference.features.len() as u64).to_le_bytes());
+    put_f32s(&mut out, &reference.features);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Appends `values` little-endian: one resize, then fixed 4-byte chunks, which
+/// compiles to a plain copy on little-endian machines.
+fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
+    let start = out.len();
+    out.resize(start + 4 * values.len(), 0);
+    let (chunks, _) = out[start..].as_chunks_mut::<4>();
+    for (chunk, value) in chunks.iter_mut().zip(values) {
+        *chunk = value.to_le_bytes();
+    }
+}
+
+fn get_f32s(bytes: &[u8]) -> Vec<f32> {
+    let (chunks, _) = bytes.as_chunks::<4>();
+    chunks.iter().map(|&chunk| f32::from_le_bytes(chunk)).collect()
+}
+
+/// Reads fields off the header in order; running past its end means the header
+/// length and the fields disagree.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ReferenceError> {
+        let (head, rest) = (self.bytes.split_at_checked(n))
+            .ok_or_else(|| corrupt(format!("the header is too short for its {what}")))?;
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], ReferenceError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, ReferenceError> {
+        self.array(what).map(u32::from_le_bytes)
+    }
+}
+
+/// Parses and checks a reference: magic, then version (before anything else), then
+/// every length against the bytes present (so a truncated file is refused before any
+/// allocation sized by it), then the checksum, then the contents' consistency.
+pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
+    let magic_len = bytes.len().min(MAGIC.len());
+    if bytes[..magic_len] != MAGIC[..magic_len] {
+        return Err(ReferenceError::BadMagic {
+            origin: IN_MEMORY.into(),
+        });
+    }
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.first_chunk())
+            .map(|b| u32::from_le_bytes(*b))
+    };
+    let shortest = PREAMBLE + MIN_HEADER + TRAILER;
+    let version = word(8).ok_or_else(|| truncated(shortest, bytes.len()))?;
+    if version != FORMAT_VERSION {
+        return Err(ReferenceError::Version {
+            origin: IN_MEMORY.into(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let header_len = word(12).ok_or_else(|| truncated(shortest, bytes.len()))? as usize;
+    if header_len < MIN_HEADER {
+        return Err(corrupt(format!(
+            "the header length {header_len} is below the minimum {MIN_HEADER}"
+        )));
+    }
+    let body = PREAMBLE + header_len;
+    let Some(header) = bytes.get(PREAMBLE..body) else {
+        return Err(truncated(body + TRAILER, bytes.len()));
+    };
+
+    let mut cursor = Cursor { bytes: header };
+    let [mode] = cursor.array::<1>("mode")?;
+    let channels = cursor.u32("channel count")?;
+    let grid_width = cursor.u32("grid width")?;
+    let grid_height = cursor.u32("grid height")?;
+    let image_count = cursor.u32("image count")?;
+    let threshold = f32::from_le_bytes(cursor.array("threshold")?);
+    let id_len = cursor.u32("model id length")? as usize;
+    let model_id = cursor.take(id_len, "model id")?;
+    let score_count = cursor.u32("calibration score count")? as usize;
+    let scores = cursor.take(score_count.saturating_mul(4), "calibration scores")?;
+    let feature_count = u64::from_le_bytes(cursor.array("feature count")?);
+    if !cursor.bytes.is_empty() {
+        return Err(corrupt(format!(
+            "the header has {} unexpected trailing bytes",
+            cursor.bytes.len()
+        )));
+    }
+
+    let expected = usize::try_from(feature_count)
+        .ok()
+        .and_then(|count| count.checked_mul(4))
+        .and_then(|len| len.checked_add(body + TRAILER))
+        .ok_or_else(|| corrupt(format!("the feature count {feature_count} is impossibly large")))?;
+    if bytes.len() < expected {
+        return Err(ReferenceError::Truncated {
+            origin: IN_MEMORY.into(),
+            expected: feature_count
+                .saturating_mul(4)
+                .saturating_add((body + TRAILER) as u64),
+            found: bytes.len() as u64,
+        });
+    }
+    if bytes.len() > expected {
+        return Err(corrupt(format!(
+            "{} bytes follow the checksum",
+            bytes.len() - expected
+        )));
+    }
+    let Some((content, stored)) = bytes.split_last_chunk::<TRAILER>() else {
+        return Err(truncated(expected, bytes.len()));
+    };
+    let stored = u32::from_le_bytes(*stored);
+    let computed = crc32fast::hash(content);
+    if stored != computed {
+        return Err(ReferenceError::Checksum {
+            origin: IN_MEMORY.into(),
+            stored,
+            computed,
+        });
+    }
+
+    let mode = match mode {
+        0 => MatchMode::Global,
+        1 => MatchMode::Aligned,
+        other => return Err(corrupt(format!("unknown match mode {other}"))),
+    };
+    let model_id = String::from_utf8(model_id.to_vec()).map_err(|_| corrupt("the model id is not UTF-8"))?;
+    let reference = Reference {
+        mode,
+        channels,
+        grid_width,
+        grid_height,
+        features: get_f32s(&content[body..]),
+        image_count,
+        threshold,
+        calibration_scores: get_f32s(scores),
+        model_id,
+    };
+    check(&reference).map_err(corrupt)?;
+    Ok(reference)
+}
+
+/// What makes a reference usable: a non-empty bank whose size fits its shape.
+fn check(reference: &Reference) -> Result<(), String> {
+    let Reference {
+        channels,
+        grid_width,
+        grid_height,
+        ..
+    } = *reference;
+    if channels == 0 || grid_width == 0 || grid_height == 0 {
+        return Err(format!(
+            "the feature shape {channels} channels x {grid_width}x{grid_height} cells is empty"
+        ));
+    }
+    let len = reference.features.len();
+    let (per_row, unit) = match reference.mode {
+        MatchMode::Global => (channels as usize, "patch rows of the channel count"),
+        MatchMode::Aligned => (
+            channels as usize * grid_width as usize * grid_height as usize,
+            "images of channels x grid height x grid width",
+        ),
+    };
+    if len == 0 || !len.is_multiple_of(per_row) {
+        return Err(format!(
+            "{len} feature values are not a whole, non-zero number of {unit} ({per_row})"
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `reference` to `path` atomically: a temporary file in the same folder is
+/// written and synced, renamed over `path`, and the folder synced, so a crash leaves
+/// either the old file or the new one. The temporary file is removed on failure.
+pub fn save(reference: &Reference, path: &Path) -> Result<(), ReferenceError> {
+    check(reference).map_err(|reason| ReferenceError::Invalid { reason })?;
+    // The header length bounds the model id and the score count: if it fits, they do.
+    let header_len = MIN_HEADER + reference.model_id.len() + 4 * reference.calibration_scores.len();
+    if u32::try_from(header_len).is_err() {
+        return Err(ReferenceError::Invalid {
+            reason: "the model id and calibration scores do not fit the header".into(),
+        });
+    }
+    let name = path.file_name().ok_or_else(|| {
+        io(path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path does not name a file",
+        ))
+    })?;
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let bytes = encode(reference);
+
+    // Unique within the process by the counter, across processes by the pid.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temp = folder.join(temp_name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .map_err(io(&temp))?;
+    let written = file.write_all(&bytes).and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(source) = written.and_then(|()| fs::rename(&temp, path)) {
+        // Best effort: the error that matters is the one being reported.
+        let _ = fs::remove_file(&temp);
+        return Err(io(path)(source));
+    }
+    sync_folder(folder).map_err(io(folder))
+}
+
+/// Wraps an I/O error about `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReferenceError + '_ {
+    move |source| ReferenceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes the rename durable. Only Unix can open and sync a folder.
+fn sync_folder(folder: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    fs::File::open(folder)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = folder;
+    Ok(())
+}
+
+/// Reads and decodes the reference at `path`; errors name the file.
+pub fn load(path: &Path) -> Result<Reference, ReferenceError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    decode(&bytes).map_err(|error| error.in_file(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global() -> Reference {
+        Reference {
+            mode: MatchMode::Global,
+            channels: 3,
+            grid_width: 4,
+            grid_height: 2,
+            features: (0..15).map(|i| i as f32 * 0.5 - 2.0).collect(),
+            image_count: 7,
+            threshold: 1.25,
+            calibration_scores: vec![0.5, 0.75, 1.0],
+            model_id: "sha256:abc→d".into(),
+        }
+    }
+
+    fn aligned() -> Reference {
+        Reference {
+            mode: MatchMode::Aligned,
+            features: (0..2 * 3 * 4 * 2).map(|i| (i as f32).sin()).collect(),
+            calibration_scores: Vec::new(),
+            model_id: String::new(),
+            ..global()
+        }
+    }
+
+    #[test]
+    fn round_trips_both_modes() {
+        for reference in [global(), aligned()] {
+            assert_eq!(decode(&encode(&reference)).unwrap(), reference);
+        }
+        assert_eq!(global().rows(), 5);
+        assert_eq!(aligned().rows(), 2);
+    }
+
+    #[test]
+    fn refuses_another_version_naming_both() {
+        let mut bytes = encode(&global());
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let error = decode(&bytes).unwrap_err();
+        assert!(matches!(
+            error,
+            ReferenceError::Version {
+                found: 3,
+                supported: FORMAT_VERSION,
+                ..
+            }
+        ));
+        let message = error.to_string();
+        assert!(
+            message.contains("format version 3") && message.contains("reads version 1"),
+            "{message}"
+        );
+        // The version is judged before the rest, however broken.
+        assert!(matches!(
+            decode(&bytes[..12]),
+            Err(ReferenceError::Version { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_every_truncation() {
+        for reference in [global(), aligned()] {
+            let bytes = encode(&reference);
+            for len in 0..bytes.len() {
+                let error = decode(&bytes[..len]).expect_err("a truncated file was accepted");
+                assert!(
+                    matches!(error, ReferenceError::Truncated { .. }),
+                    "length {len}: {error}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_every_flipped_byte() {
+        let bytes = encode(&global());
+        let data_start = bytes.len() - TRAILER - 4 * global().features.len();
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            let error = decode(&damaged).expect_err("a damaged file was accepted");
+            if at >= data_start {
+                assert!(
+                    matches!(error, ReferenceError::Checksum { .. }),
+                    "byte {at}: {error}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_magic_and_trailing_bytes() {
+        let mut bytes = encode(&global());
+        bytes[0] = b'X';
+        assert!(matches!(decode(&bytes), Err(ReferenceError::BadMagic { .. })));
+        assert!(matches!(decode(b"PNG"), Err(ReferenceError::BadMagic { .. })));
+        let mut bytes = encode(&global());
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(ReferenceError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn refuses_inconsistent_shapes() {
+        let mut ragged = global();
+        ragged.features.pop();
+        let mut empty = aligned();
+        empty.features.clear();
+        let mut partial_image = aligned();
+        partial_image.features.truncate(30);
+        let mut no_channels = global();
+        no_channels.channels = 0;
+        for reference in [ragged, empty, partial_image, no_channels] {
+            let error = decode(&encode(&reference)).unwrap_err();
+            assert!(matches!(error, ReferenceError::Corrupt { .. }), "{error}");
+        }
+    }
+
+    #[test]
+    fn saves_and_loads() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("recipe.ref");
+        save(&global(), &path).unwrap();
+        assert_eq!(load(&path).unwrap(), global());
+        // Saving again replaces the file.
+        save(&aligned(), &path).unwrap();
+        assert_eq!(load(&path).unwrap(), aligned());
+        assert_eq!(fs::read_dir(folder.path()).unwrap().count(), 1);
+
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8] = 3;
+        fs::write(&path, &bytes).unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("version 3"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn failed_saves_leave_no_temporary_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let missing = folder.path().join("missing").join("recipe.ref");
+        assert!(matches!(
+            save(&global(), &missing),
+            Err(ReferenceError::Io { .. })
+        ));
+        // The rename fails here: the target is a folder.
+        let occupied = folder.path().join("recipe.ref");
+        fs::create_dir(&occupied).unwrap();
+        assert!(matches!(
+            save(&global(), &occupied),
+            Err(ReferenceError::Io { .. })
+        ));
+        let names: Vec<_> = fs::read_dir(folder.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["recipe.ref"]);
+        assert!(matches!(load(&missing), Err(ReferenceError::Io { .. })));
+    }
+
+    #[test]
+    fn refuses_to_save_an_invalid_reference() {
+        let folder = tempfile::tempdir().unwrap();
+        let mut ragged = global();
+        ragged.features.pop();
+        let path = folder.path().join("recipe.ref");
+        assert!(matches!(
+            save(&ragged, &path),
+            Err(ReferenceError::Invalid { .. })
+        ));
+        assert!(!path.exists());
+    }
+}

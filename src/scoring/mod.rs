@@ -1,0 +1,9 @@
+//! From patch features to a judgement: nearest-neighbour search against the
+//! reference, the anomaly map, defect regions, heatmaps and the threshold.
+//! Plain synchronous functions over slices; no model, no transport.
+
+pub mod heatmap;
+pub mod map;
+pub mod regions;
+pub mod search;
+pub mod threshold;

@@ -1,0 +1,426 @@
+//! Nearest-neighbour search of a frame's patch features in the golden
+//! reference. `global` uses the distance trick
+//! ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b, so the search is one threaded SIMD
+//! matrix product (matrixmultiply) per block of bank rows plus a row minimum.
+//! `aligned` compares each patch only with reference cells near the same
+//! place, plane by plane.
+
+/// Bank rows per matrix product: the products block (patches x BLOCK f32)
+/// stays a few MB, so it is reused from cache between product and minimum.
+const BLOCK: usize = 2048;
+
+/// The global memory bank: patch features as rows, with their squared norms.
+#[derive(Debug, Clone, Default)]
+pub struct Bank {
+    features: Vec<f32>,
+    norms: Vec<f32>,
+    channels: usize,
+}
+
+impl Bank {
+    /// Wraps `features` (rows x `channels`, row-major).
+    pub fn new(features: Vec<f32>, channels: usize) -> Self {
+        let norms = features.chunks_exact(channels.max(1)).map(squared_norm).collect();
+        Self {
+            features,
+            norms,
+            channels,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.norms.len()
+    }
+
+    /// Feature channels per row.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The rows, row-major.
+    pub fn features(&self) -> &[f32] {
+        &self.features
+    }
+}
+
+fn squared_norm(row: &[f32]) -> f32 {
+    row.iter().map(|v| v * v).sum()
+}
+
+/// Buffers reused across searches.
+#[derive(Debug, Default)]
+pub struct SearchScratch {
+    products: Vec<f32>,
+    best: Vec<f32>,
+    query_norms: Vec<f32>,
+    plane: Vec<f32>,
+}
+
+/// For each patch of `query` (one image, planar: `channels` planes of
+/// `patches` values, as the model writes them), writes the Euclidean
+/// distance to the nearest bank row into `out` (`patches` values).
+pub fn nearest_global(
+    query: &[f32],
+    patches: usize,
+    bank: &Bank,
+    scratch: &mut SearchScratch,
+    out: &mut [f32],
+) {
+    let channels = bank.channels;
+    assert_eq!(query.len(), channels * patches, "query size; this is a bug");
+    assert_eq!(out.len(), patches, "output size; this is a bug");
+    planar_squared_norms(query, patches, &mut scratch.query_norms);
+    scratch.best.clear();
+    scratch.best.resize(patches, f32::INFINITY);
+    scratch.products.resize(patches * BLOCK, 0.0);
+
+    for (block_index, norms) in bank.norms.chunks(BLOCK).enumerate() {
+        let block = norms.len();
+        let rows = &bank.features[block_index * BLOCK * channels..][..block * channels];
+        // SAFETY: matrixmultiply reads A (patches x channels) with row stride
+        // 1 and column stride `patches` (the planar query), B (channels x
+        // block) with row stride 1 and column stride `channels` (the bank rows
+        // transposed), and writes C (patches x block) row-major into
+        // `products`. All three slices hold at least the elements those
+        // shapes and strides address, checked by the asserts and resizes
+        // above.
+        unsafe {
+            matrixmultiply::sgemm(
+                patches,
+                channels,
+                block,
+                -2.0,
+                query.as_ptr(),
+                1,
+                patches as isize,
+                rows.as_ptr(),
+                1,
+                channels as isize,
+                0.0,
+                scratch.products.as_mut_ptr(),
+                block as isize,
+                1,
+            );
+        }
+        for (best, products) in scratch.best.iter_mut().zip(scratch.products.chunks_exact(block)) {
+            *best = best.min(row_min_plus(products, norms));
+        }
+    }
+    for ((out, best), norm) in out.iter_mut().zip(&scratch.best).zip(&scratch.query_norms) {
+        *out = (norm + best).max(0.0).sqrt();
+    }
+}
+
+/// min_j (products[j] + norms[j]), written with independent lanes so the
+/// compiler vectorises it.
+fn row_min_plus(products: &[f32], norms: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [f32::INFINITY; LANES];
+    let mut p = products.chunks_exact(LANES);
+    let mut n = norms.chunks_exact(LANES);
+    for (p, n) in (&mut p).zip(&mut n) {
+        for i in 0..LANES {
+            lanes[i] = lanes[i].min(p[i] + n[i]);
+        }
+    }
+    let tail = p.remainder().iter().zip(n.remainder()).map(|(p, n)| p + n);
+    lanes.into_iter().chain(tail).fold(f32::INFINITY, f32::min)
+}
+
+/// Squared norm of every patch of a planar feature map.
+fn planar_squared_norms(planar: &[f32], patches: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(patches, 0.0);
+    for plane in planar.chunks_exact(patches) {
+        for (acc, v) in out.iter_mut().zip(plane) {
+            *acc += v * v;
+        }
+    }
+}
+
+/// Geometry of an aligned search.
+#[derive(Debug, Clone, Copy)]
+pub struct Grid {
+    /// Feature channels.
+    pub channels: usize,
+    /// Cells across.
+    pub width: usize,
+    /// Cells down.
+    pub height: usize,
+}
+
+impl Grid {
+    /// Values in one image's planar feature map.
+    pub fn len(&self) -> usize {
+        self.channels * self.width * self.height
+    }
+
+    /// Whether the grid holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// For each cell of `query` (planar, one image), writes the Euclidean
+/// distance to the nearest cell within `radius` cells of the same place in
+/// any of the `references` (planar images, one after another).
+pub fn nearest_aligned(
+    query: &[f32],
+    references: &[f32],
+    grid: Grid,
+    radius: usize,
+    scratch: &mut SearchScratch,
+    out: &mut [f32],
+) {
+    let cells = grid.width * grid.height;
+    assert_eq!(query.len(), grid.len(), "query size; this is a bug");
+    assert_eq!(out.len(), cells, "output size; this is a bug");
+    assert!(
+        !grid.is_empty() && references.len().is_multiple_of(grid.len()),
+        "reference size; this is a bug"
+    );
+    let best = &mut scratch.best;
+    best.clear();
+    best.resize(cells, f32::INFINITY);
+    let acc = &mut scratch.plane;
+    let radius = radius as isize;
+    for reference in references.chunks_exact(grid.len()) {
+        for dy in -radius..=radius {
+            for dx in -radius..=radius {
+                acc.clear();
+                acc.resize(cells, 0.0);
+                shifted_squared_distance(query, reference, grid, dy, dx, acc);
+                // Cells whose shifted partner falls outside the grid keep an
+                // infinite distance for this offset.
+                for (y, (best_row, acc_row)) in best
+                    .chunks_exact_mut(grid.width)
+                    .zip(acc.chunks_exact(grid.width))
+                    .enumerate()
+                {
+                    let Some((x0, x1)) = valid_span(y, dy, dx, grid) else {
+                        continue;
+                    };
+                    for (b, a) in best_row[x0..x1].iter_mut().zip(&acc_row[x0..x1]) {
+                        *b = b.min(*a);
+                    }
+                }
+            }
+        }
+    }
+    for (out, best) in out.iter_mut().zip(best.iter()) {
+        *out = best.max(0.0).sqrt();
+    }
+}
+
+/// The x range of row `y` whose partner at (y + dy, x + dx) is on the grid.
+fn valid_span(y: usize, dy: isize, dx: isize, grid: Grid) -> Option<(usize, usize)> {
+    let ry = y as isize + dy;
+    if ry < 0 || ry >= grid.height as isize {
+        return None;
+    }
+    let x0 = (-dx).max(0) as usize;
+    let x1 = (grid.width as isize - dx).min(grid.width as isize).max(0) as usize;
+    (x0 < x1).then_some((x0, x1))
+}
+
+/// acc[y, x] += sum_c (query[c, y, x] - reference[c, y + dy, x + dx])^2 over
+/// the cells whose partner is on the grid.
+fn shifted_squared_distance(
+    query: &[f32],
+    reference: &[f32],
+    grid: Grid,
+    dy: isize,
+    dx: isize,
+    acc: &mut [f32],
+) {
+    let cells = grid.width * grid.height;
+    for (q_plane, r_plane) in query.chunks_exact(cells).zip(reference.chunks_exact(cells)) {
+        for y in 0..grid.height {
+            let Some((x0, x1)) = valid_span(y, dy, dx, grid) else {
+                continue;
+            };
+            let ry = (y as isize + dy) as usize;
+            let q = &q_plane[y * grid.width + x0..y * grid.width + x1];
+            let r_start = (ry * grid.width) as isize + x0 as isize + dx;
+            let r = &r_plane[r_start as usize..r_start as usize + (x1 - x0)];
+            let a = &mut acc[y * grid.width + x0..y * grid.width + x1];
+            for ((a, q), r) in a.iter_mut().zip(q.iter()).zip(r.iter()) {
+                let d = q - r;
+                *a += d * d;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute-force nearest distance, the reference for the fast paths.
+    fn brute_global(query_rows: &[Vec<f32>], bank_rows: &[Vec<f32>]) -> Vec<f32> {
+        query_rows
+            .iter()
+            .map(|q| {
+                bank_rows
+                    .iter()
+                    .map(|b| {
+                        q.iter()
+                            .zip(b)
+                            .map(|(x, y)| (x - y) * (x - y))
+                            .sum::<f32>()
+                            .sqrt()
+                    })
+                    .fold(f32::INFINITY, f32::min)
+            })
+            .collect()
+    }
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 10_000) as f32 / 10_000.0
+            })
+            .collect()
+    }
+
+    fn planar(rows: &[Vec<f32>]) -> Vec<f32> {
+        let channels = rows[0].len();
+        (0..channels)
+            .flat_map(|c| rows.iter().map(move |r| r[c]))
+            .collect()
+    }
+
+    #[test]
+    fn global_matches_brute_force_across_blocks() {
+        let channels = 19;
+        let patches = 37;
+        let bank_rows: Vec<Vec<f32>> = pseudo_random((BLOCK + 300) * channels, 1)
+            .chunks(channels)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let query_rows: Vec<Vec<f32>> = pseudo_random(patches * channels, 2)
+            .chunks(channels)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let bank = Bank::new(bank_rows.concat(), channels);
+        let mut out = vec![0.0; patches];
+        nearest_global(
+            &planar(&query_rows),
+            patches,
+            &bank,
+            &mut SearchScratch::default(),
+            &mut out,
+        );
+        for (fast, slow) in out.iter().zip(brute_global(&query_rows, &bank_rows)) {
+            assert!((fast - slow).abs() < 1e-3, "{fast} vs {slow}");
+        }
+    }
+
+    #[test]
+    fn a_patch_in_the_bank_has_distance_zero() {
+        let channels = 8;
+        let rows: Vec<Vec<f32>> = pseudo_random(50 * channels, 3)
+            .chunks(channels)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let bank = Bank::new(rows.concat(), channels);
+        let mut out = vec![1.0; 5];
+        nearest_global(
+            &planar(&rows[10..15]),
+            5,
+            &bank,
+            &mut SearchScratch::default(),
+            &mut out,
+        );
+        assert!(out.iter().all(|d| *d < 1e-3), "{out:?}");
+    }
+
+    fn brute_aligned(query: &[f32], references: &[f32], grid: Grid, radius: isize) -> Vec<f32> {
+        let cells = grid.width * grid.height;
+        let mut out = vec![f32::INFINITY; cells];
+        for reference in references.chunks(grid.len()) {
+            for y in 0..grid.height as isize {
+                for x in 0..grid.width as isize {
+                    for dy in -radius..=radius {
+                        for dx in -radius..=radius {
+                            let (ry, rx) = (y + dy, x + dx);
+                            if ry < 0 || rx < 0 || ry >= grid.height as isize || rx >= grid.width as isize {
+                                continue;
+                            }
+                            let d: f32 = (0..grid.channels)
+                                .map(|c| {
+                                    let q = query[c * cells + (y as usize) * grid.width + x as usize];
+                                    let r = reference[c * cells + (ry as usize) * grid.width + rx as usize];
+                                    (q - r) * (q - r)
+                                })
+                                .sum();
+                            let cell = &mut out[(y as usize) * grid.width + x as usize];
+                            *cell = cell.min(d.sqrt());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn aligned_matches_brute_force() {
+        let grid = Grid {
+            channels: 5,
+            width: 7,
+            height: 4,
+        };
+        let query = pseudo_random(grid.len(), 4);
+        let references = pseudo_random(grid.len() * 3, 5);
+        for radius in [0, 1, 2] {
+            let mut out = vec![0.0; 28];
+            nearest_aligned(
+                &query,
+                &references,
+                grid,
+                radius,
+                &mut SearchScratch::default(),
+                &mut out,
+            );
+            let slow = brute_aligned(&query, &references, grid, radius as isize);
+            for (fast, slow) in out.iter().zip(&slow) {
+                assert!((fast - slow).abs() < 1e-4, "radius {radius}: {fast} vs {slow}");
+            }
+        }
+    }
+
+    #[test]
+    fn aligned_sees_a_component_that_moved_beyond_the_radius() {
+        // One bright cell at (1, 1) in the reference, at (3, 3) in the query:
+        // globally the query cell has an exact match, aligned with radius 1 it
+        // does not.
+        let grid = Grid {
+            channels: 1,
+            width: 5,
+            height: 5,
+        };
+        let mut reference = vec![0.0; 25];
+        reference[6] = 1.0;
+        let mut query = vec![0.0; 25];
+        query[18] = 1.0;
+        let mut out = vec![0.0; 25];
+        nearest_aligned(
+            &query,
+            &reference,
+            grid,
+            1,
+            &mut SearchScratch::default(),
+            &mut out,
+        );
+        assert_eq!(out[18], 1.0);
+        let bank = Bank::new(reference.clone(), 1);
+        nearest_global(&query, 25, &bank, &mut SearchScratch::default(), &mut out);
+        assert_eq!(out[18], 0.0);
+    }
+}

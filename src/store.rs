@@ -1,0 +1,387 @@
+//! Embedded persistence in the data folder: one folder per recipe with its
+//! settings (`recipe.json`), reference (`reference.ref`) and the good frames
+//! it was built from (`frames/`, so a settings change can rebuild it).
+//! Every write goes to a temporary file that is synced and renamed over the
+//! old one, so a crash mid-write leaves the previous version intact.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::RecipeSettings;
+use crate::reference::{self, Reference};
+
+/// Longest recipe name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A recipe file cannot be parsed.
+    #[error("{path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The reference file cannot be read.
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Checks a recipe name: letters, digits, `-`, `_`, `.`, 1 to 64 long, and
+/// not `.` or `..` (names are folder names).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "recipe name must be 1 to {MAX_NAME_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "recipe name {name:?} has {bad:?}; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("recipe name {name:?} is reserved"));
+    }
+    Ok(())
+}
+
+/// What `recipe.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecipeRecord {
+    /// Unique name.
+    pub name: String,
+    /// Bumped by every change.
+    pub revision: u64,
+    /// Settings.
+    pub settings: RecipeSettings,
+    /// Number of the first good frame in `frames/`.
+    pub first_frame: u32,
+    /// Good frames stored in `frames/`, numbered from `first_frame`.
+    pub frame_count: u32,
+    /// The reference file in force, if the recipe has one.
+    pub reference_file: Option<String>,
+    /// Good frames the current reference was built from.
+    pub reference_count: u32,
+    /// Last change, seconds and nanoseconds since the Unix epoch.
+    pub updated_at: (i64, u32),
+}
+
+impl RecipeRecord {
+    /// A new record at revision 1, stamped now.
+    pub fn new(name: String, settings: RecipeSettings) -> Self {
+        Self {
+            name,
+            revision: 1,
+            settings,
+            first_frame: 0,
+            frame_count: 0,
+            reference_file: None,
+            reference_count: 0,
+            updated_at: now(),
+        }
+    }
+
+    /// Bumps the revision and the time stamp.
+    pub fn touch(&mut self) {
+        self.revision += 1;
+        self.updated_at = now();
+    }
+
+    /// The numbers of the stored good frames.
+    pub fn frames(&self) -> std::ops::Range<u32> {
+        self.first_frame..self.first_frame + self.frame_count
+    }
+}
+
+fn now() -> (i64, u32) {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (since.as_secs() as i64, since.subsec_nanos())
+}
+
+/// A recipe as loaded at start-up.
+#[derive(Debug)]
+pub struct StoredRecipe {
+    /// Its record.
+    pub record: RecipeRecord,
+    /// Its reference, if it has one.
+    pub reference: Option<Reference>,
+}
+
+/// The data folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let root = data_dir.join("recipes");
+        fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
+        Ok(Self { root })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn frame_path(&self, name: &str, index: u32) -> PathBuf {
+        self.dir(name).join("frames").join(format!("{index:06}.img"))
+    }
+
+    /// Loads every recipe. A recipe that cannot be read is returned in the
+    /// second list with its error, and the others still load.
+    pub fn load_all(&self) -> Result<(Vec<StoredRecipe>, Vec<StoreError>), StoreError> {
+        let mut loaded = Vec::new();
+        let mut damaged = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(io("cannot list", &self.root))?;
+        let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        dirs.sort();
+        for dir in dirs {
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if !dir.is_dir() || validate_name(&name).is_err() {
+                continue;
+            }
+            match self.load(&name) {
+                Ok(recipe) => loaded.push(recipe),
+                Err(error) => damaged.push(error),
+            }
+        }
+        Ok((loaded, damaged))
+    }
+
+    fn load(&self, name: &str) -> Result<StoredRecipe, StoreError> {
+        let path = self.dir(name).join("recipe.json");
+        let text = fs::read(&path).map_err(io("cannot read", &path))?;
+        let record: RecipeRecord = serde_json::from_slice(&text).map_err(|error| StoreError::Damaged {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        if record.name != name {
+            return Err(StoreError::Damaged {
+                path,
+                reason: format!("it names the recipe {:?}, its folder {name:?}", record.name),
+            });
+        }
+        let reference = match &record.reference_file {
+            Some(file) if validate_name(file).is_ok() => Some(reference::load(&self.dir(name).join(file))?),
+            Some(file) => {
+                return Err(StoreError::Damaged {
+                    path,
+                    reason: format!("bad reference file name {file:?}"),
+                });
+            }
+            None => None,
+        };
+        Ok(StoredRecipe { record, reference })
+    }
+
+    /// Whether a recipe folder exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.dir(name).join("recipe.json").exists()
+    }
+
+    /// Writes `recipe.json` atomically.
+    pub fn save_record(&self, record: &RecipeRecord) -> Result<(), StoreError> {
+        let dir = self.dir(&record.name);
+        fs::create_dir_all(dir.join("frames")).map_err(io("cannot create", &dir))?;
+        let json = serde_json::to_vec_pretty(record).map_err(|error| StoreError::Damaged {
+            path: dir.join("recipe.json"),
+            reason: error.to_string(),
+        })?;
+        write_atomic(&dir.join("recipe.json"), &json)
+    }
+
+    /// Writes the reference for `revision` atomically and returns its file
+    /// name, for the record. Older reference files stay until
+    /// [`Store::prune`], so the record in force always names a whole file.
+    pub fn save_reference(
+        &self,
+        name: &str,
+        revision: u64,
+        reference: &Reference,
+    ) -> Result<String, StoreError> {
+        let file = format!("reference-{revision:08}.ref");
+        reference::save(reference, &self.dir(name).join(&file))?;
+        Ok(file)
+    }
+
+    /// Removes what `record` no longer uses: reference files other than its
+    /// own and good frames outside its range. Run after the record is saved.
+    pub fn prune(&self, record: &RecipeRecord) -> Result<(), StoreError> {
+        let dir = self.dir(&record.name);
+        for entry in fs::read_dir(&dir)
+            .map_err(io("cannot list", &dir))?
+            .filter_map(Result::ok)
+        {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with("reference-") && Some(&file) != record.reference_file.as_ref() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let frames = dir.join("frames");
+        for entry in fs::read_dir(&frames)
+            .map_err(io("cannot list", &frames))?
+            .filter_map(Result::ok)
+        {
+            let number = entry
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".img")
+                .and_then(|n| n.parse::<u32>().ok());
+            if number.is_some_and(|n| !record.frames().contains(&n)) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores good frame number `index` (encoded bytes, readable by the
+    /// engine's decoder).
+    pub fn save_frame(&self, name: &str, index: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        write_atomic(&self.frame_path(name, index), bytes)
+    }
+
+    /// Reads good frame number `index`.
+    pub fn read_frame(&self, name: &str, index: u32) -> Result<Vec<u8>, StoreError> {
+        let path = self.frame_path(name, index);
+        fs::read(&path).map_err(io("cannot read", &path))
+    }
+
+    /// Deletes a recipe: its folder is first renamed away (atomic), then
+    /// removed.
+    pub fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let dir = self.dir(name);
+        let trash = self.root.join(format!(".deleted-{name}-{}", now().0));
+        fs::rename(&dir, &trash).map_err(io("cannot delete", &dir))?;
+        fs::remove_dir_all(&trash).map_err(io("cannot remove", &trash))
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file in the same
+/// folder and a rename, then syncs the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    let temporary = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let result = (|| {
+        let mut file = fs::File::create(&temporary).map_err(io("cannot create", &temporary))?;
+        file.write_all(bytes).map_err(io("cannot write", &temporary))?;
+        file.sync_all().map_err(io("cannot sync", &temporary))?;
+        fs::rename(&temporary, path).map_err(io("cannot rename into", path))?;
+        if let Ok(folder) = fs::File::open(dir) {
+            let _ = folder.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("pcb-top_v1.2").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name(&"a".repeat(65)).is_err());
+        assert!(validate_name(&"a".repeat(64)).is_ok());
+        assert!(validate_name("a/b").unwrap_err().contains("'/'"));
+        assert!(validate_name("..").is_err());
+        assert!(validate_name("ä").is_err());
+    }
+
+    #[test]
+    fn records_frames_and_deletion_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut record = RecipeRecord::new("part".into(), RecipeSettings::default());
+        store.save_record(&record).unwrap();
+        store.save_frame("part", 0, b"frame zero").unwrap();
+        record.frame_count = 1;
+        record.touch();
+        store.save_record(&record).unwrap();
+
+        let (loaded, damaged) = store.load_all().unwrap();
+        assert!(damaged.is_empty());
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].record, record);
+        assert!(loaded[0].reference.is_none());
+        assert_eq!(store.read_frame("part", 0).unwrap(), b"frame zero");
+
+        store.delete("part").unwrap();
+        assert!(!store.exists("part"));
+        assert!(store.load_all().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_recipe_is_reported_and_the_others_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .save_record(&RecipeRecord::new("good".into(), RecipeSettings::default()))
+            .unwrap();
+        store
+            .save_record(&RecipeRecord::new("bad".into(), RecipeSettings::default()))
+            .unwrap();
+        fs::write(dir.path().join("recipes/bad/recipe.json"), b"{ truncated").unwrap();
+
+        let (loaded, damaged) = store.load_all().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].record.name, "good");
+        assert_eq!(damaged.len(), 1);
+        assert!(
+            damaged[0].to_string().contains("bad/recipe.json is damaged"),
+            "{}",
+            damaged[0]
+        );
+    }
+
+    #[test]
+    fn an_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
