@@ -4,6 +4,7 @@
 //! the engine, which calls [`model`] (ONNX Runtime). [`runtime`] finds and
 //! loads the ONNX Runtime library; [`config`] turns flags into settings.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;

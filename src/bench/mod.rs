@@ -1,0 +1,3 @@
+//! The offline benchmark: the field's metrics over image sets.
+
+pub mod metrics;
