@@ -152,18 +152,32 @@ fn lead(report: &Report) -> String {
     if let Some(auroc) = report.image_auroc {
         let _ = write!(text, "Image AUROC {auroc:.3}. ");
     }
-    if c.good > 0 || c.defect > 0 {
-        let _ = write!(
-            text,
-            "On day one (threshold {} from good training images only) {} of {} good parts would be rejected ({}) and {} of {} defective parts would pass ({}).",
-            number(report.threshold.map(f64::from), 3),
+    let source = match report.format {
+        Format::Mvtec => format!(
+            "At the threshold calibrated from good training images only ({}), the one a user gets on day one,",
+            number(report.threshold.map(f64::from), 3)
+        ),
+        Format::Pairs => "With each pair's threshold calibrated from its golden reference only,".to_owned(),
+    };
+    let mut parts = Vec::new();
+    if c.good > 0 {
+        parts.push(format!(
+            "{} of {} good parts are rejected ({})",
             c.false_rejects,
             c.good,
-            percent(report.false_reject_rate),
+            percent(report.false_reject_rate)
+        ));
+    }
+    if c.defect > 0 {
+        parts.push(format!(
+            "{} of {} defective parts pass ({})",
             c.escapes,
             c.defect,
             percent(report.escape_rate)
-        );
+        ));
+    }
+    if !parts.is_empty() {
+        let _ = write!(text, "{source} {}.", parts.join(" and "));
     }
     if let Some(recall) = report.defect_recall {
         let _ = write!(
@@ -324,18 +338,19 @@ fn histogram_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {
         return "<p class=\"none\">No scores.</p>".to_owned();
     }
     let threshold = report.threshold.map(f64::from);
-    let lo = finite
+    let min = finite
         .iter()
         .copied()
         .chain(threshold)
-        .fold(f64::INFINITY, f64::min)
-        .min(0.0);
-    let hi = finite
+        .fold(f64::INFINITY, f64::min);
+    let max = finite
         .iter()
         .copied()
         .chain(threshold)
         .fold(f64::NEG_INFINITY, f64::max);
-    let span = (hi - lo).max(f64::MIN_POSITIVE) * 1.02;
+    // 2 % of room on either side, so no bar or line sits on the frame.
+    let pad = ((max - min) * 0.02).max(f64::EPSILON * max.abs().max(1.0));
+    let (lo, span) = (min - pad, max - min + 2.0 * pad);
     let bin = |s: f64| (((s - lo) / span * BINS as f64) as usize).min(BINS - 1);
     let mut counts = [[0usize; BINS]; 2];
     for (&s, &defect) in scores.iter().zip(labels) {
@@ -413,24 +428,28 @@ fn histogram_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {
         } else {
             "threshold"
         };
+        // Label on the side with room, below the legend.
+        let right_half = x(t) > MARGIN + width / 2.0;
         let _ = write!(
             svg,
-            "<line x1=\"{tx:.1}\" y1=\"{:.1}\" x2=\"{tx:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-width=\"2\" stroke-dasharray=\"6 3\"/><text x=\"{:.1}\" y=\"{:.1}\">{label} {t:.3}</text>",
+            "<line x1=\"{tx:.1}\" y1=\"{:.1}\" x2=\"{tx:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-width=\"2\" stroke-dasharray=\"6 3\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{label} {t:.3}</text>",
             y(top),
             y(0.0),
-            x(t) + 4.0,
-            y(top) + 12.0,
+            if right_half { x(t) - 4.0 } else { x(t) + 4.0 },
+            y(top) + 80.0,
             tx = x(t),
+            anchor = if right_half { "end" } else { "start" },
         );
     }
-    let legend_x = MARGIN + width - 150.0;
+    // The legend sits above the plot, clear of the bars.
     let _ = write!(
         svg,
-        "<rect x=\"{legend_x:.1}\" y=\"30\" width=\"12\" height=\"12\" fill=\"#2da44e\" fill-opacity=\"0.5\"/><text x=\"{:.1}\" y=\"40\">good ({})</text>\
-<rect x=\"{legend_x:.1}\" y=\"48\" width=\"12\" height=\"12\" fill=\"#d73a49\" fill-opacity=\"0.5\"/><text x=\"{:.1}\" y=\"58\">defective ({})</text></svg>",
-        legend_x + 16.0,
+        "<rect x=\"{MARGIN}\" y=\"4\" width=\"12\" height=\"12\" fill=\"#2da44e\" fill-opacity=\"0.5\"/><text x=\"{:.1}\" y=\"14\">good ({})</text>\
+<rect x=\"{:.1}\" y=\"4\" width=\"12\" height=\"12\" fill=\"#d73a49\" fill-opacity=\"0.5\"/><text x=\"{:.1}\" y=\"14\">defective ({})</text></svg>",
+        MARGIN + 16.0,
         totals[0],
-        legend_x + 16.0,
+        MARGIN + 110.0,
+        MARGIN + 126.0,
         totals[1]
     );
     svg

@@ -190,6 +190,8 @@ pub struct Measured {
     pub test_seconds: f64,
     /// Defect frames without a mask (left out of pixel metrics).
     pub missing_masks: usize,
+    /// MVTec in-process: the good scores that calibrated the threshold.
+    pub calibration_scores: Option<Vec<f32>>,
 }
 
 fn progress_bar(show: bool, len: usize, what: &str) -> ProgressBar {
@@ -283,6 +285,7 @@ fn run_mvtec(
     let mut measured = Measured {
         train_images: chosen.len(),
         enroll_seconds: enrolled.seconds,
+        calibration_scores: enrolled.calibration_scores,
         pixels: with_pixels.then(PixelMetrics::default),
         ..Measured::default()
     };

@@ -51,6 +51,10 @@ pub struct Report {
     pub threshold: Option<f32>,
     /// Pairs: the lowest and highest per-pair threshold; `null` for MVTec.
     pub threshold_range: Option<[f32; 2]>,
+    /// MVTec, in-process: the scores of the held-out good training images
+    /// that calibrated `threshold` (its rule: the larger of their maximum
+    /// and mean + 3 sigma, times a margin); `null` otherwise.
+    pub calibration: Option<Calibration>,
     /// Image AUROC (score vs defective); `null` unless both classes exist.
     pub image_auroc: Option<f64>,
     /// Best F1 over all thresholds.
@@ -95,6 +99,32 @@ pub struct Report {
     /// Peak resident memory of the benchmark process (VmHWM), MB; in server
     /// mode that is the client, not the server.
     pub peak_rss_mb: Option<f64>,
+}
+
+/// Summary of the calibration scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// How many good images (or perturbed copies) were scored.
+    pub count: usize,
+    /// Lowest score.
+    pub min: f32,
+    /// Median (nearest rank).
+    pub median: f32,
+    /// Highest score.
+    pub max: f32,
+}
+
+impl Calibration {
+    fn of(scores: &[f32]) -> Option<Self> {
+        let mut sorted = scores.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        Some(Self {
+            count: sorted.len(),
+            min: *sorted.first()?,
+            median: sorted[(sorted.len() - 1) / 2],
+            max: *sorted.last()?,
+        })
+    }
 }
 
 /// Counts behind the rates.
@@ -165,6 +195,7 @@ impl Report {
             train_limit: config.train_limit,
             threshold,
             threshold_range,
+            calibration: measured.calibration_scores.as_deref().and_then(Calibration::of),
             image_auroc: image.auroc,
             image_f1_max: image.f1_max,
             image_f1_threshold: image.f1_threshold,
@@ -277,6 +308,18 @@ pub fn headline(report: &Report) -> Vec<(&'static str, String)> {
         (
             "threshold (calibrated)",
             number(report.threshold.map(f64::from), 4),
+        ),
+        (
+            "calibration scores min / median / max",
+            report.calibration.as_ref().map_or_else(
+                || "-".to_owned(),
+                |c| {
+                    format!(
+                        "{:.3} / {:.3} / {:.3} ({} scored)",
+                        c.min, c.median, c.max, c.count
+                    )
+                },
+            ),
         ),
         (
             "false-reject rate",

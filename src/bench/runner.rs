@@ -38,12 +38,15 @@ pub struct ModelInfo {
 }
 
 /// A reference built from good frames.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Enrolled {
     /// The threshold in force (calibrated from the good frames, or fixed).
     pub threshold: f32,
     /// Wall time of reading, extracting and building the reference.
     pub seconds: f64,
+    /// In-process: the scores of the good images (or perturbed copies)
+    /// that calibrated the threshold; a server does not return them.
+    pub calibration_scores: Option<Vec<f32>>,
 }
 
 /// What one inspected frame gave.
@@ -228,12 +231,13 @@ impl Local {
         }
         let reference = self.engine.build_reference(&self.settings, &enrollment)?;
         let judge = Judge::new(self.settings.clone(), reference, self.engine.limits())?;
-        let threshold = judge.threshold();
-        self.judge = Some(judge);
-        Ok(Enrolled {
-            threshold,
+        let enrolled = Enrolled {
+            threshold: judge.threshold(),
             seconds: started.elapsed().as_secs_f64(),
-        })
+            calibration_scores: Some(judge.reference().calibration_scores.clone()),
+        };
+        self.judge = Some(judge);
+        Ok(enrolled)
     }
 
     fn inspect(&mut self, path: &Path, want_map: bool) -> Result<FrameResult, BenchError> {
@@ -312,6 +316,7 @@ impl Remote {
         Ok(Enrolled {
             threshold: recipe.threshold,
             seconds: started.elapsed().as_secs_f64(),
+            calibration_scores: None,
         })
     }
 
