@@ -17,7 +17,7 @@ use crate::proto;
 use crate::proto::inspection_client::InspectionClient;
 use crate::proto::recipes_client::RecipesClient;
 use crate::runtime::{self, Lookup};
-use crate::scoring::map::AnomalyMap;
+use crate::scoring::map::{AnomalyMap, resize_f32};
 use crate::service::convert::settings_to_proto;
 
 use super::BenchError;
@@ -60,10 +60,10 @@ pub struct FrameResult {
     pub verdict: Verdict,
     /// Defect regions in frame pixels.
     pub regions: Vec<Region>,
-    /// The anomaly map over the ROI (or frame), when asked for: at the model
-    /// input size in-process; in server mode the RAW_U8 heatmap with its
-    /// longer side at the input's, scores quantised to 256 levels up to
-    /// twice the threshold.
+    /// The anomaly map over the ROI (or frame), when asked for, at the model
+    /// input size. In server mode it is the RAW_U8 heatmap (longer side at
+    /// the input's) resampled to that size: scores quantised to 256 levels
+    /// and clipped at twice the threshold.
     pub map: Option<AnomalyMap>,
     /// Frame latency: the engine's total in-process (decode to regions),
     /// the client-measured round trip in server mode.
@@ -100,6 +100,7 @@ pub struct Remote {
     recipe: String,
     created: bool,
     settings: RecipeSettings,
+    resizer: fast_image_resize::Resizer,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BenchError> {
@@ -179,6 +180,7 @@ impl Runner {
             recipe: format!("loupe-bench-{}-{}", std::process::id(), unix.as_millis()),
             created: false,
             settings,
+            resizer: fast_image_resize::Resizer::new(),
         })))
     }
 
@@ -350,11 +352,7 @@ impl Remote {
                 reason: format!("{:?}: {}", status.code(), status.message()),
             })?
             .into_inner();
-        let map = response.heatmap.as_ref().map(|h| AnomalyMap {
-            width: h.width as usize,
-            height: h.height as usize,
-            data: h.data.iter().map(|&b| f32::from(b) * h.scale).collect(),
-        });
+        let map = response.heatmap.as_ref().map(|h| self.map_at_input_size(h));
         if want_map && map.is_none() {
             return Err(self.error("the server sent no heatmap"));
         }
@@ -385,6 +383,50 @@ impl Remote {
             latency,
             inference,
         })
+    }
+
+    /// The RAW_U8 heatmap as scores, resampled (bilinear) to the model
+    /// input size so that pixel metrics see the same grid as in-process
+    /// (with `keep_aspect` the input size varies, and the heatmap's own
+    /// size, of the same aspect, is kept).
+    fn map_at_input_size(&mut self, heatmap: &proto::Heatmap) -> AnomalyMap {
+        let (width, height) = (heatmap.width as usize, heatmap.height as usize);
+        let scores: Vec<f32> = heatmap
+            .data
+            .iter()
+            .map(|&b| f32::from(b) * heatmap.scale)
+            .collect();
+        let target = (
+            self.settings.input_width as usize,
+            self.settings.input_height as usize,
+        );
+        if self.settings.keep_aspect
+            || (width, height) == target
+            || width * height != scores.len()
+            || width == 0
+            || height == 0
+        {
+            return AnomalyMap {
+                width,
+                height,
+                data: scores,
+            };
+        }
+        let mut data = vec![0.0; target.0 * target.1];
+        resize_f32(
+            &mut self.resizer,
+            &scores,
+            width,
+            height,
+            &mut data,
+            target.0,
+            target.1,
+        );
+        AnomalyMap {
+            width: target.0,
+            height: target.1,
+            data,
+        }
     }
 
     fn overlay(&mut self, path: &Path, max_size: u32) -> Result<Vec<u8>, BenchError> {
