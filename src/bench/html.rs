@@ -182,10 +182,15 @@ fn lead(report: &Report) -> String {
     if let Some(recall) = report.defect_recall {
         let _ = write!(
             text,
-            " {:.1} % of the annotated defects are found by a reported region; {} of the regions are on a defect.",
-            100.0 * recall,
-            percent(report.defect_precision)
+            " {:.1} % of the annotated defects are found by a reported region; ",
+            100.0 * recall
         );
+        match report.defect_precision {
+            Some(precision) => {
+                let _ = write!(text, "{:.1} % of the regions are on a defect.", 100.0 * precision);
+            }
+            None => text.push_str("no region is reported."),
+        }
     }
     escape(&text)
 }

@@ -306,7 +306,11 @@ pub fn headline(report: &Report) -> Vec<(&'static str, String)> {
         ("image AUROC", number(report.image_auroc, 4)),
         ("image F1 max", number(report.image_f1_max, 4)),
         (
-            "threshold (calibrated)",
+            if report.format == Format::Pairs {
+                "threshold (calibrated, median)"
+            } else {
+                "threshold (calibrated)"
+            },
             number(report.threshold.map(f64::from), 4),
         ),
         (
