@@ -265,9 +265,9 @@ pub struct InspectArgs {
 /// Dataset layouts `loupe bench` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FormatArg {
-    /// CATEGORY/train/good, CATEGORY/test/<type>, CATEGORY/ground_truth/<type>.
+    /// CATEGORY/train/good, CATEGORY/test/TYPE, CATEGORY/ground_truth/TYPE.
     Mvtec,
-    /// SET/<id>/reference.*, SET/<id>/frame.*, optional mask.png and defects.txt.
+    /// SET/ID/reference.*, SET/ID/frame.*, optional mask.png and defects.txt.
     Pairs,
 }
 

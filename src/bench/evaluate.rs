@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::engine::{Region, Verdict};
 use crate::scoring::map::AnomalyMap;
 
-use super::dataset::{DefectBox, Mask};
 use super::metrics::{self, Aupro, PixelAuroc};
+use super::truth::{DefectBox, Mask};
 
 /// One judged test frame.
 #[derive(Debug, Clone)]

@@ -8,9 +8,10 @@ use std::path::Path;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 
 use super::BenchError;
-use super::dataset::{Dataset, Mask};
+use super::dataset::Dataset;
 use super::evaluate::Record;
 use super::runner::Runner;
+use super::truth::Mask;
 
 /// Longest side of a gallery thumbnail, in pixels.
 pub const THUMBNAIL: u32 = 192;

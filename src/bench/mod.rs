@@ -1,10 +1,12 @@
 //! The offline benchmark, `loupe bench`: a folder of images in, the field's
 //! metrics out (summary table, report.json, scores.csv, report.html).
 //!
-//! [`dataset`] lists the images, [`runner`] judges them in-process or
-//! through a server, [`evaluate`] and [`metrics`] compute the numbers,
-//! [`report`] and [`html`] write them.
+//! [`dataset`] lists the images and [`truth`] reads their masks and defect
+//! boxes, [`runner`] judges them in-process or through a server,
+//! [`evaluate`] and [`metrics`] compute the numbers, [`report`] and [`html`]
+//! (with its charts and gallery) write them.
 
+mod charts;
 pub mod dataset;
 pub mod evaluate;
 mod gallery;
@@ -12,6 +14,7 @@ pub mod html;
 pub mod metrics;
 pub mod report;
 pub mod runner;
+pub mod truth;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,10 +24,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::{BenchArgs, ConfigError, EngineConfig, FormatArg};
 use crate::engine::{EngineError, MatchMode, RecipeSettings};
 
-use dataset::{Dataset, DatasetError, Format, Mask, Pair, TestImage};
+use dataset::{Dataset, DatasetError, Format, Pair, TestImage};
 use evaluate::{Detection, PixelMetrics, Record};
 use report::Report;
 use runner::Runner;
+use truth::{DefectBox, Mask};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -328,9 +332,9 @@ fn run_mvtec(
 
 /// A pair's annotations: boxes from defects.txt (else the mask's connected
 /// components) and the mask (else the boxes drawn at the frame's size).
-fn pair_truth(pair: &Pair) -> Result<(Vec<dataset::DefectBox>, Mask), BenchError> {
+fn pair_truth(pair: &Pair) -> Result<(Vec<DefectBox>, Mask), BenchError> {
     let boxes = match &pair.defects {
-        Some(path) => Some(dataset::read_defects(path)?),
+        Some(path) => Some(truth::read_defects(path)?),
         None => None,
     };
     let mask = match &pair.mask {
