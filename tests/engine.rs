@@ -11,7 +11,6 @@ use loupe::engine::{
 use loupe::imaging::{DecodeLimits, FrameData, PixelFormat, RawFrame};
 use loupe::model::{FeatureModel, ModelSource};
 
-const SIZE: usize = 256;
 /// Boards are larger, so their two holes sit far from every border.
 const BOARD: usize = 512;
 
@@ -19,6 +18,8 @@ fn engine() -> Engine {
     let model = FeatureModel::load(&common::runtime(), &ModelSource::bundled().unwrap(), 2).unwrap();
     Engine::new(model, DecodeLimits::default())
 }
+
+use common::{scratch, texture};
 
 /// Deterministic noise in [0, 1).
 struct Noise(u64);
@@ -29,35 +30,6 @@ impl Noise {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
-/// A woven texture, shifted by (dx, dy) pixels, with sensor noise.
-fn texture(seed: u64, dx: f32, dy: f32) -> Vec<u8> {
-    let mut noise = Noise(seed | 1);
-    let mut rgb = Vec::with_capacity(SIZE * SIZE * 3);
-    for y in 0..SIZE {
-        for x in 0..SIZE {
-            let (fx, fy) = (x as f32 + dx, y as f32 + dy);
-            let v = 128.0
-                + 40.0 * (fx * 0.39).sin() * (fy * 0.41).cos()
-                + 20.0 * ((fx + fy) * 0.13).sin()
-                + 12.0 * (noise.next() - 0.5);
-            let v = v.clamp(0.0, 255.0) as u8;
-            rgb.extend_from_slice(&[v, v.saturating_sub(10), v.saturating_add(10)]);
-        }
-    }
-    rgb
-}
-
-/// Draws a dark diagonal scratch 3 px wide from (x0, y0) over `len` px.
-fn scratch(rgb: &mut [u8], x0: usize, y0: usize, len: usize) {
-    for t in 0..len {
-        for w in 0..3 {
-            let (x, y) = (x0 + t, y0 + t / 2 + w);
-            let i = (y * SIZE + x) * 3;
-            rgb[i..i + 3].copy_from_slice(&[20, 20, 20]);
-        }
     }
 }
 
