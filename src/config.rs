@@ -28,6 +28,11 @@ pub enum Command {
     Recipe(RecipeArgs),
     /// Inspects image files on a running server and prints the verdicts.
     Inspect(InspectArgs),
+    /// Benchmarks a recipe on a folder of images (MVTec AD layout or golden
+    /// pairs): AUROC, F1, false-reject and escape rates, pixel AUROC, AUPRO,
+    /// defect recall, latency; a summary on stdout and, with --out, report
+    /// files.
+    Bench(BenchArgs),
 }
 
 /// Where a client command finds the server.
@@ -257,6 +262,54 @@ pub struct InspectArgs {
     pub heatmap: Option<PathBuf>,
 }
 
+/// Dataset layouts `loupe bench` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// CATEGORY/train/good, CATEGORY/test/<type>, CATEGORY/ground_truth/<type>.
+    Mvtec,
+    /// SET/<id>/reference.*, SET/<id>/frame.*, optional mask.png and defects.txt.
+    Pairs,
+}
+
+/// `loupe bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Dataset folder: an MVTec AD category or a folder of golden pairs.
+    pub dir: PathBuf,
+
+    /// Dataset layout (default: detected from the folder).
+    #[arg(long, env = "LOUPE_BENCH_FORMAT", value_enum)]
+    pub format: Option<FormatArg>,
+
+    /// Write report.json, scores.csv and report.html into this folder.
+    #[arg(long, env = "LOUPE_BENCH_OUT", value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Go through the gRPC API of the Loupe server at this address (such as
+    /// http://127.0.0.1:50051) instead of the in-process engine; a temporary
+    /// recipe is created there and deleted at the end.
+    #[arg(long, env = "LOUPE_BENCH_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Use only N training images, evenly spaced in sorted order (quick runs).
+    #[arg(long, env = "LOUPE_BENCH_TRAIN_LIMIT", value_name = "N")]
+    pub train_limit: Option<usize>,
+
+    /// Frames shown in each gallery section of report.html.
+    #[arg(long, env = "LOUPE_BENCH_GALLERY", value_name = "N", default_value_t = 6)]
+    pub gallery: usize,
+
+    /// No progress bar (it is also hidden when stdout is not a terminal).
+    #[arg(long, env = "LOUPE_QUIET")]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
 /// Where the ONNX Runtime library and the feature model come from, and how
 /// many threads inference uses.
 #[derive(Debug, Clone, Args)]
@@ -484,6 +537,42 @@ mod tests {
         assert_eq!(settings.threshold, Some(2.5));
         assert!(parse_size("256").is_err());
         assert!(parse_roi("1,2,3").is_err());
+    }
+
+    #[test]
+    fn bench_flags_are_parsed() {
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "bench",
+            "data/tiles",
+            "--format",
+            "pairs",
+            "--out",
+            "/tmp/r",
+            "--train-limit",
+            "20",
+            "--mode",
+            "global",
+            "--input-size",
+            "128x128",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("parsed as something else");
+        };
+        assert_eq!(args.dir, PathBuf::from("data/tiles"));
+        assert_eq!(args.format, Some(FormatArg::Pairs));
+        assert_eq!(args.train_limit, Some(20));
+        assert_eq!(args.gallery, 6);
+        assert!(args.server.is_none());
+        let settings = args
+            .settings
+            .apply(crate::engine::RecipeSettings::default())
+            .unwrap();
+        assert_eq!(
+            (settings.input_width, settings.match_mode),
+            (128, crate::engine::MatchMode::Global)
+        );
     }
 
     #[test]

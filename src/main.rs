@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use loupe::config::{Cli, Command, ServeArgs};
+use loupe::bench::BenchConfig;
+use loupe::config::{BenchArgs, Cli, Command, ServeArgs};
 use loupe::runtime::{self, Lookup};
 use std::future::Future;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Recipe(args) => client(loupe::cli::recipe(args)),
         Command::Inspect(args) => client(loupe::cli::inspect(args)),
+        Command::Bench(args) => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +70,21 @@ fn client(command: impl Future<Output = anyhow::Result<()>>) -> Result<(), Failu
         .build()
         .context("cannot start the async runtime")?;
     Ok(tokio.block_on(command)?)
+}
+
+fn bench(args: &BenchArgs) -> Result<(), Failure> {
+    let config = BenchConfig::from_args(args).map_err(setup)?;
+    match loupe::bench::run(&config) {
+        Ok(report) => {
+            print!("{}", loupe::bench::report::summary(&report));
+            if let Some(out) = &config.out {
+                println!("report: {}", out.join("report.html").display());
+            }
+            Ok(())
+        }
+        Err(error) if error.is_setup() => Err(setup(error)),
+        Err(error) => Err(Failure::Other(error.into())),
+    }
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {

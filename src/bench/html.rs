@@ -1,0 +1,508 @@
+//! report.html: one self-contained page (inline CSS, inline SVG charts,
+//! images as base64 data URLs; no scripts, fonts or anything else fetched)
+//! that shows how good a recipe is and where it fails: the metrics, the ROC
+//! curve, the score histograms with the threshold, and a gallery.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use base64::Engine as _;
+
+use super::BenchError;
+use super::dataset::Format;
+use super::evaluate::Record;
+use super::gallery::{Entry, Gallery};
+use super::metrics;
+use super::report::{self, Report, number, percent};
+
+/// Section titles, in page order (tests look for them).
+pub const SECTIONS: [&str; 7] = [
+    "Metrics",
+    "ROC curve",
+    "Score histograms",
+    "Worst false rejects",
+    "Worst escapes",
+    "Typical defects found",
+    "Settings",
+];
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}\
+h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}\
+.sub{color:#666;margin-top:0}.lead{font-size:16px;background:#f4f6f8;padding:12px 16px;border-radius:6px}\
+table{border-collapse:collapse;margin:8px 0}td,th{padding:4px 12px;border-bottom:1px solid #eee;text-align:left}\
+th{background:#fafafa}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+.charts{display:flex;flex-wrap:wrap;gap:24px}.gallery figure{display:inline-block;margin:4px;vertical-align:top;text-align:center}\
+.gallery img{display:block;max-width:192px;max-height:192px;border:1px solid #ccc}.row{margin:12px 0;padding:8px;border:1px solid #eee;border-radius:6px}\
+.cap{font-size:13px;color:#444;margin-bottom:4px;word-break:break-all}.none{color:#888;font-style:italic}\
+figcaption{font-size:12px;color:#666}pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}";
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn data_url(png: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+/// The page.
+pub fn render(report: &Report, records: &[Record], gallery: &Gallery) -> String {
+    let mut page = String::with_capacity(1 << 20);
+    let _ = write!(
+        page,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Loupe benchmark: {}</title><style>{STYLE}</style></head><body>",
+        escape(&report.dataset)
+    );
+    let _ = write!(
+        page,
+        "<h1>Loupe benchmark: {}</h1><p class=\"sub\">{}, {} mode, input {}x{}, {} reference image(s), {} test frames, {}{}</p>",
+        escape(&report.dataset),
+        match report.format {
+            Format::Mvtec => "MVTec AD layout",
+            Format::Pairs => "golden pairs (each frame against its own reference)",
+        },
+        if report.settings.match_mode == crate::engine::MatchMode::Aligned {
+            "aligned"
+        } else {
+            "global"
+        },
+        report.settings.input_width,
+        report.settings.input_height,
+        report.counts.train,
+        report.counts.test,
+        match &report.server {
+            Some(url) => format!("through the server at {}", escape(url)),
+            None => "in-process engine".to_owned(),
+        },
+        report
+            .model
+            .as_ref()
+            .map(|m| format!(
+                ", model {} (ONNX Runtime {}, {} threads)",
+                escape(&m.name),
+                escape(&m.onnxruntime),
+                m.threads
+            ))
+            .unwrap_or_default()
+    );
+    let _ = write!(page, "<p class=\"lead\">{}</p>", lead(report));
+    metrics_section(&mut page, report);
+    let scores: Vec<f32> = records.iter().map(|r| r.score).collect();
+    let labels: Vec<bool> = records.iter().map(|r| r.defect).collect();
+    let _ = write!(page, "<div class=\"charts\"><div><h2>{}</h2>", SECTIONS[1]);
+    page.push_str(&roc_svg(report, &scores, &labels));
+    let _ = write!(page, "</div><div><h2>{}</h2>", SECTIONS[2]);
+    page.push_str(&histogram_svg(report, &scores, &labels));
+    page.push_str("</div></div>");
+    let threshold_note = if report.format == Format::Pairs {
+        "each frame is judged against its own reference's threshold"
+    } else {
+        "at the threshold calibrated from good training images"
+    };
+    gallery_section(
+        &mut page,
+        SECTIONS[3],
+        &format!("good parts that FAIL, highest score first ({threshold_note})"),
+        &gallery.false_rejects,
+        records,
+    );
+    gallery_section(
+        &mut page,
+        SECTIONS[4],
+        &format!("defective parts that PASS, lowest score first ({threshold_note})"),
+        &gallery.escapes,
+        records,
+    );
+    gallery_section(
+        &mut page,
+        SECTIONS[5],
+        "defective parts that FAIL, around the median score of those",
+        &gallery.found,
+        records,
+    );
+    let settings = serde_json::to_string_pretty(&report.settings).unwrap_or_default();
+    let _ = write!(
+        page,
+        "<h2>{}</h2><p>Create the same recipe on a server with <code>loupe recipe create NAME --settings FILE</code> using this JSON:</p><pre>{}</pre>",
+        SECTIONS[6],
+        escape(&settings)
+    );
+    if let Some(model) = &report.model {
+        let _ = write!(
+            page,
+            "<p>Model: {} sha256 {} ({}).</p>",
+            escape(&model.name),
+            escape(&model.sha256),
+            escape(&model.origin)
+        );
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+/// One sentence a person reads first.
+fn lead(report: &Report) -> String {
+    let c = &report.counts;
+    let mut text = String::new();
+    if let Some(auroc) = report.image_auroc {
+        let _ = write!(text, "Image AUROC {auroc:.3}. ");
+    }
+    let source = match report.format {
+        Format::Mvtec => format!(
+            "At the threshold calibrated from good training images only ({}), the one a user gets on day one,",
+            number(report.threshold.map(f64::from), 3)
+        ),
+        Format::Pairs => "With each pair's threshold calibrated from its golden reference only,".to_owned(),
+    };
+    let mut parts = Vec::new();
+    if c.good > 0 {
+        parts.push(format!(
+            "{} of {} good parts are rejected ({})",
+            c.false_rejects,
+            c.good,
+            percent(report.false_reject_rate)
+        ));
+    }
+    if c.defect > 0 {
+        parts.push(format!(
+            "{} of {} defective parts pass ({})",
+            c.escapes,
+            c.defect,
+            percent(report.escape_rate)
+        ));
+    }
+    if !parts.is_empty() {
+        let _ = write!(text, "{source} {}.", parts.join(" and "));
+    }
+    if let Some(recall) = report.defect_recall {
+        let _ = write!(
+            text,
+            " {:.1} % of the annotated defects are found by a reported region; {} of the regions are on a defect.",
+            100.0 * recall,
+            percent(report.defect_precision)
+        );
+    }
+    escape(&text)
+}
+
+fn metrics_section(page: &mut String, report: &Report) {
+    let _ = write!(page, "<h2>{}</h2><table>", SECTIONS[0]);
+    for (key, value) in report::headline(report) {
+        let _ = write!(
+            page,
+            "<tr><th>{}</th><td class=\"n\">{}</td></tr>",
+            escape(key),
+            escape(&value)
+        );
+    }
+    page.push_str("</table>");
+    if report.per_type.len() > 1 {
+        page.push_str("<table><tr><th>type</th><th>frames</th><th>failed</th><th>false-reject rate</th><th>escape rate</th><th>AUROC vs good</th></tr>");
+        for (name, t) in &report.per_type {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                escape(name),
+                t.count,
+                t.failed,
+                percent(t.false_reject_rate),
+                percent(t.escape_rate),
+                number(t.image_auroc, 4)
+            );
+        }
+        page.push_str("</table>");
+    }
+    if !report.defect_recall_by_type.is_empty() {
+        page.push_str("<table><tr><th>annotated type</th><th>defects</th><th>found</th><th>recall</th></tr>");
+        for (kind, r) in &report.defect_recall_by_type {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                escape(kind),
+                r.annotated,
+                r.found,
+                percent(r.recall)
+            );
+        }
+        page.push_str("</table>");
+    }
+}
+
+const PLOT: f64 = 300.0;
+const MARGIN: f64 = 48.0;
+
+/// The ROC curve with the calibrated threshold's operating point.
+fn roc_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {
+    let points = metrics::roc_curve(scores, labels, 1000);
+    if points.is_empty() {
+        return "<p class=\"none\">Not applicable: the test set holds only one class (good or defective).</p>".to_owned();
+    }
+    let x = |fpr: f64| MARGIN + fpr * PLOT;
+    let y = |tpr: f64| MARGIN / 2.0 + (1.0 - tpr) * PLOT;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"11\" role=\"img\" aria-label=\"ROC curve\">",
+        w = PLOT + MARGIN * 1.5,
+        h = PLOT + MARGIN * 1.5
+    );
+    axes(
+        &mut svg,
+        x(0.0),
+        y(0.0),
+        PLOT,
+        PLOT,
+        "false-positive rate (good parts failed)",
+        "true-positive rate (defects failed)",
+    );
+    for i in 0..=5 {
+        let v = f64::from(i) / 5.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.1}</text>",
+            x(v),
+            y(0.0) + 14.0
+        );
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            x(0.0) - 4.0,
+            y(v) + 4.0
+        );
+    }
+    let _ = write!(
+        svg,
+        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"4 4\"/>",
+        x(0.0),
+        y(0.0),
+        x(1.0),
+        y(1.0)
+    );
+    let path: Vec<String> = points
+        .iter()
+        .map(|&(f, t, _)| format!("{:.2},{:.2}", x(f), y(t)))
+        .collect();
+    let _ = write!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{}\"/>",
+        path.join(" ")
+    );
+    if let (Some(frr), Some(escape)) = (report.false_reject_rate, report.escape_rate) {
+        let (cx, cy) = (x(frr), y(1.0 - escape));
+        let _ = write!(
+            svg,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"5\" fill=\"#d73a49\"/><text x=\"{:.1}\" y=\"{:.1}\">calibrated threshold</text>",
+            cx + 8.0,
+            cy + 14.0
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"13\">AUROC {}</text></svg>",
+        x(1.0) - 6.0,
+        y(0.0) - 10.0,
+        number(report.image_auroc, 4)
+    );
+    svg
+}
+
+fn axes(svg: &mut String, x0: f64, y0: f64, width: f64, height: f64, x_label: &str, y_label: &str) {
+    let _ = write!(
+        svg,
+        "<rect x=\"{x0}\" y=\"{:.1}\" width=\"{width}\" height=\"{height}\" fill=\"#fcfcfc\" stroke=\"#888\"/>\
+<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+<text transform=\"translate({:.1},{:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
+        y0 - height,
+        x0 + width / 2.0,
+        y0 + 30.0,
+        escape(x_label),
+        x0 - 34.0,
+        y0 - height / 2.0,
+        escape(y_label)
+    );
+}
+
+/// Histograms of good and defective scores (each as a share of its class)
+/// with the threshold as a line.
+fn histogram_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {
+    const BINS: usize = 40;
+    let finite: Vec<f64> = scores
+        .iter()
+        .filter(|s| s.is_finite())
+        .map(|&s| f64::from(s))
+        .collect();
+    if finite.is_empty() {
+        return "<p class=\"none\">No scores.</p>".to_owned();
+    }
+    let threshold = report.threshold.map(f64::from);
+    let min = finite
+        .iter()
+        .copied()
+        .chain(threshold)
+        .fold(f64::INFINITY, f64::min);
+    let max = finite
+        .iter()
+        .copied()
+        .chain(threshold)
+        .fold(f64::NEG_INFINITY, f64::max);
+    // 2 % of room on either side, so no bar or line sits on the frame.
+    let pad = ((max - min) * 0.02).max(f64::EPSILON * max.abs().max(1.0));
+    let (lo, span) = (min - pad, max - min + 2.0 * pad);
+    let bin = |s: f64| (((s - lo) / span * BINS as f64) as usize).min(BINS - 1);
+    let mut counts = [[0usize; BINS]; 2];
+    for (&s, &defect) in scores.iter().zip(labels) {
+        if s.is_finite() {
+            counts[usize::from(defect)][bin(f64::from(s))] += 1;
+        }
+    }
+    let totals = [counts[0].iter().sum::<usize>(), counts[1].iter().sum::<usize>()];
+    let shares: Vec<[f64; BINS]> = (0..2)
+        .map(|c| {
+            let mut s = [0.0; BINS];
+            for (i, v) in s.iter_mut().enumerate() {
+                *v = if totals[c] > 0 {
+                    counts[c][i] as f64 / totals[c] as f64
+                } else {
+                    0.0
+                };
+            }
+            s
+        })
+        .collect();
+    let top = shares.iter().flatten().copied().fold(0.0, f64::max).max(1e-9);
+    let width = PLOT * 1.4;
+    let x = |v: f64| MARGIN + (v - lo) / span * width;
+    let y = |share: f64| MARGIN / 2.0 + (1.0 - share / top) * PLOT;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{:.0}\" font-size=\"11\" role=\"img\" aria-label=\"score histograms\">",
+        width + MARGIN * 1.5,
+        PLOT + MARGIN * 1.5
+    );
+    axes(
+        &mut svg,
+        MARGIN,
+        y(0.0),
+        width,
+        PLOT,
+        "anomaly score",
+        "share of the class's frames",
+    );
+    for i in 0..=4 {
+        let v = lo + span * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.3}</text>",
+            x(v),
+            y(0.0) + 14.0
+        );
+        let share = top * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>",
+            MARGIN - 4.0,
+            y(share) + 4.0,
+            share * 100.0
+        );
+    }
+    let bin_width = width / BINS as f64;
+    for (class, color) in [(0, "#2da44e"), (1, "#d73a49")] {
+        for (i, &share) in shares[class].iter().enumerate() {
+            if share > 0.0 {
+                let _ = write!(
+                    svg,
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.5\"/>",
+                    MARGIN + i as f64 * bin_width,
+                    y(share),
+                    bin_width,
+                    y(0.0) - y(share)
+                );
+            }
+        }
+    }
+    if let Some(t) = threshold {
+        let label = if report.format == Format::Pairs {
+            "median threshold"
+        } else {
+            "threshold"
+        };
+        // Label on the side with room, below the legend.
+        let right_half = x(t) > MARGIN + width / 2.0;
+        let _ = write!(
+            svg,
+            "<line x1=\"{tx:.1}\" y1=\"{:.1}\" x2=\"{tx:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-width=\"2\" stroke-dasharray=\"6 3\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{label} {t:.3}</text>",
+            y(top),
+            y(0.0),
+            if right_half { x(t) - 4.0 } else { x(t) + 4.0 },
+            y(top) + 80.0,
+            tx = x(t),
+            anchor = if right_half { "end" } else { "start" },
+        );
+    }
+    // The legend sits above the plot, clear of the bars.
+    let _ = write!(
+        svg,
+        "<rect x=\"{MARGIN}\" y=\"4\" width=\"12\" height=\"12\" fill=\"#2da44e\" fill-opacity=\"0.5\"/><text x=\"{:.1}\" y=\"14\">good ({})</text>\
+<rect x=\"{:.1}\" y=\"4\" width=\"12\" height=\"12\" fill=\"#d73a49\" fill-opacity=\"0.5\"/><text x=\"{:.1}\" y=\"14\">defective ({})</text></svg>",
+        MARGIN + 16.0,
+        totals[0],
+        MARGIN + 110.0,
+        MARGIN + 126.0,
+        totals[1]
+    );
+    svg
+}
+
+fn figure(png: Option<&[u8]>, caption: &str) -> String {
+    match png {
+        Some(png) => format!(
+            "<figure><img src=\"{}\" alt=\"{caption}\"><figcaption>{caption}</figcaption></figure>",
+            data_url(png)
+        ),
+        None => format!(
+            "<figure><div class=\"none\" style=\"width:192px\">no mask</div><figcaption>{caption}</figcaption></figure>"
+        ),
+    }
+}
+
+fn gallery_section(page: &mut String, title: &str, what: &str, entries: &[Entry], records: &[Record]) {
+    let _ = write!(
+        page,
+        "<h2>{title}</h2><p class=\"sub\">{}</p><div class=\"gallery\">",
+        escape(what)
+    );
+    if entries.is_empty() {
+        page.push_str("<p class=\"none\">None.</p>");
+    }
+    for entry in entries {
+        let r = &records[entry.record];
+        let _ = write!(
+            page,
+            "<div class=\"row\"><div class=\"cap\">{} &middot; {} &middot; score {:.4} (threshold {:.4}, {:.2}x) &middot; {}</div>",
+            escape(&r.name),
+            escape(&r.defect_type),
+            r.score,
+            r.threshold,
+            r.score / r.threshold,
+            report::verdict_name(r.verdict)
+        );
+        if let Some(reference) = &entry.reference {
+            page.push_str(&figure(Some(reference), "reference"));
+        }
+        page.push_str(&figure(Some(&entry.frame), "frame"));
+        page.push_str(&figure(Some(&entry.overlay), "heatmap overlay"));
+        page.push_str(&figure(entry.truth.as_deref(), "ground truth"));
+        page.push_str("</div>");
+    }
+    page.push_str("</div>");
+}
+
+/// Writes report.html.
+pub fn write(path: &Path, report: &Report, records: &[Record], gallery: &Gallery) -> Result<(), BenchError> {
+    std::fs::write(path, render(report, records, gallery)).map_err(|error| BenchError::Write {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
+}

@@ -1,0 +1,413 @@
+//! Runs frames through Loupe for the benchmark, either in-process through
+//! the synchronous engine or through a running server's gRPC API (as an
+//! integrator sees it), and hands back the same per-frame result either way.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+use crate::config::EngineConfig;
+use crate::engine::{
+    Engine, Enrollment, HeatmapFormat, InspectOptions, Judge, RecipeSettings, Region, Verdict,
+};
+use crate::imaging::{DecodeLimits, FrameData};
+use crate::model::{FeatureModel, ModelSource};
+use crate::proto;
+use crate::proto::inspection_client::InspectionClient;
+use crate::proto::recipes_client::RecipesClient;
+use crate::runtime::{self, Lookup};
+use crate::scoring::map::AnomalyMap;
+use crate::service::convert::settings_to_proto;
+
+use super::BenchError;
+
+/// The model a local run used, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    /// The manifest's model name.
+    pub name: String,
+    /// sha256 of the .onnx file.
+    pub sha256: String,
+    /// `bundled` or the file path.
+    pub origin: String,
+    /// ONNX Runtime version.
+    pub onnxruntime: String,
+    /// ONNX Runtime intra-op threads.
+    pub threads: usize,
+}
+
+/// A reference built from good frames.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The threshold in force (calibrated from the good frames, or fixed).
+    pub threshold: f32,
+    /// Wall time of reading, extracting and building the reference.
+    pub seconds: f64,
+    /// In-process: the scores of the good images (or perturbed copies)
+    /// that calibrated the threshold; a server does not return them.
+    pub calibration_scores: Option<Vec<f32>>,
+}
+
+/// What one inspected frame gave.
+#[derive(Debug, Clone)]
+pub struct FrameResult {
+    /// The anomaly score (map maximum).
+    pub score: f32,
+    /// The threshold it was judged against.
+    pub threshold: f32,
+    /// Pass or fail.
+    pub verdict: Verdict,
+    /// Defect regions in frame pixels.
+    pub regions: Vec<Region>,
+    /// The anomaly map over the ROI (or frame), when asked for: at the model
+    /// input size in-process; in server mode the RAW_U8 heatmap with its
+    /// longer side at the input's, scores quantised to 256 levels up to
+    /// twice the threshold.
+    pub map: Option<AnomalyMap>,
+    /// Frame latency: the engine's total in-process (decode to regions),
+    /// the client-measured round trip in server mode.
+    pub latency: Duration,
+    /// Time inside ONNX Runtime.
+    pub inference: Duration,
+}
+
+/// In-process or through a server.
+#[derive(Debug)]
+pub enum Runner {
+    /// The engine in this process.
+    Local(Box<Local>),
+    /// A Loupe server over gRPC.
+    Remote(Box<Remote>),
+}
+
+/// The in-process engine and the current reference.
+#[derive(Debug)]
+pub struct Local {
+    engine: Engine,
+    settings: RecipeSettings,
+    judge: Option<Judge>,
+    model: ModelInfo,
+}
+
+/// gRPC clients and the benchmark's temporary recipe on the server.
+#[derive(Debug)]
+pub struct Remote {
+    tokio: tokio::runtime::Runtime,
+    recipes: RecipesClient<Channel>,
+    inspection: InspectionClient<Channel>,
+    url: String,
+    recipe: String,
+    created: bool,
+    settings: RecipeSettings,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BenchError> {
+    std::fs::read(path).map_err(|error| BenchError::Read {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
+}
+
+fn frame_error(path: &Path) -> impl FnOnce(crate::engine::EngineError) -> BenchError + '_ {
+    move |error| BenchError::Frame {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    }
+}
+
+fn not_enrolled() -> BenchError {
+    BenchError::Internal("a frame was inspected before enrollment; this is a bug".into())
+}
+
+impl Runner {
+    /// Loads ONNX Runtime and the model, and checks `settings` against it.
+    pub fn local(config: &EngineConfig, settings: RecipeSettings) -> Result<Self, BenchError> {
+        let runtime = runtime::load(&Lookup::from_process(config.onnxruntime.clone()))?;
+        let source = match &config.model {
+            Some(path) => ModelSource::from_path(path)?,
+            None => ModelSource::bundled()?,
+        };
+        let model = FeatureModel::load(&runtime, &source, config.threads)?;
+        let info = ModelInfo {
+            name: source.manifest.name.clone(),
+            sha256: source.manifest.sha256.clone(),
+            origin: source.origin,
+            onnxruntime: runtime.version,
+            threads: config.threads,
+        };
+        let engine = Engine::new(model, DecodeLimits::default());
+        engine.validate(&settings).map_err(BenchError::Settings)?;
+        Ok(Self::Local(Box::new(Local {
+            engine,
+            settings,
+            judge: None,
+            model: info,
+        })))
+    }
+
+    /// Connects to the server at `url`; the recipe is created at the first
+    /// enrollment and deleted when the runner is dropped.
+    pub fn remote(url: &str, settings: RecipeSettings) -> Result<Self, BenchError> {
+        let server_error = |message: String| BenchError::Server {
+            url: url.to_owned(),
+            message,
+        };
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| server_error(format!("cannot start the async runtime: {error}")))?;
+        let channel = tokio.block_on(async {
+            Channel::from_shared(url.to_owned())
+                .map_err(|error| server_error(format!("bad address: {error}")))?
+                .connect()
+                .await
+                .map_err(|error| server_error(format!("cannot connect: {error}; is `loupe serve` running?")))
+        })?;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Self::Remote(Box::new(Remote {
+            tokio,
+            recipes: RecipesClient::new(channel.clone())
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            inspection: InspectionClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            url: url.to_owned(),
+            recipe: format!("loupe-bench-{}-{}", std::process::id(), unix.as_millis()),
+            created: false,
+            settings,
+        })))
+    }
+
+    /// The model, for a local run (a server does not say which it uses).
+    pub fn model(&self) -> Option<&ModelInfo> {
+        match self {
+            Runner::Local(local) => Some(&local.model),
+            Runner::Remote(_) => None,
+        }
+    }
+
+    /// Builds the reference from `good` (replacing any earlier one), calling
+    /// `progress` after each image is read.
+    pub fn enroll(&mut self, good: &[PathBuf], progress: &mut dyn FnMut()) -> Result<Enrolled, BenchError> {
+        match self {
+            Runner::Local(local) => local.enroll(good, progress),
+            Runner::Remote(remote) => remote.enroll(good, progress),
+        }
+    }
+
+    /// Inspects one frame; `want_map` asks for the anomaly map.
+    pub fn inspect(&mut self, path: &Path, want_map: bool) -> Result<FrameResult, BenchError> {
+        match self {
+            Runner::Local(local) => local.inspect(path, want_map),
+            Runner::Remote(remote) => remote.inspect(path, want_map),
+        }
+    }
+
+    /// The heatmap overlay PNG of one frame, longer side at most `max_size`.
+    pub fn overlay(&mut self, path: &Path, max_size: u32) -> Result<Vec<u8>, BenchError> {
+        match self {
+            Runner::Local(local) => local.overlay(path, max_size),
+            Runner::Remote(remote) => remote.overlay(path, max_size),
+        }
+    }
+}
+
+impl Local {
+    fn enroll(&mut self, good: &[PathBuf], progress: &mut dyn FnMut()) -> Result<Enrolled, BenchError> {
+        let started = Instant::now();
+        let mut enrollment = Enrollment::new();
+        for path in good {
+            let bytes = read(path)?;
+            let features = self
+                .engine
+                .extract(&self.settings, FrameData::Encoded(&bytes))
+                .map_err(frame_error(path))?;
+            enrollment.add(features);
+            progress();
+        }
+        let reference = self.engine.build_reference(&self.settings, &enrollment)?;
+        let judge = Judge::new(self.settings.clone(), reference, self.engine.limits())?;
+        let enrolled = Enrolled {
+            threshold: judge.threshold(),
+            seconds: started.elapsed().as_secs_f64(),
+            calibration_scores: Some(judge.reference().calibration_scores.clone()),
+        };
+        self.judge = Some(judge);
+        Ok(enrolled)
+    }
+
+    fn inspect(&mut self, path: &Path, want_map: bool) -> Result<FrameResult, BenchError> {
+        let bytes = read(path)?;
+        let judge = self.judge.as_ref().ok_or_else(not_enrolled)?;
+        let inspection = self
+            .engine
+            .inspect(judge, FrameData::Encoded(&bytes), &InspectOptions::default())
+            .map_err(frame_error(path))?;
+        Ok(FrameResult {
+            score: inspection.score,
+            threshold: inspection.threshold,
+            verdict: inspection.verdict,
+            regions: inspection.regions,
+            map: want_map.then_some(inspection.map),
+            latency: inspection.timings.total(),
+            inference: inspection.timings.inference,
+        })
+    }
+
+    fn overlay(&mut self, path: &Path, max_size: u32) -> Result<Vec<u8>, BenchError> {
+        let bytes = read(path)?;
+        let judge = self.judge.as_ref().ok_or_else(not_enrolled)?;
+        let options = InspectOptions {
+            heatmap: Some((HeatmapFormat::OverlayPng, max_size)),
+        };
+        let inspection = self
+            .engine
+            .inspect(judge, FrameData::Encoded(&bytes), &options)
+            .map_err(frame_error(path))?;
+        inspection
+            .heatmap
+            .map(|h| h.data)
+            .ok_or_else(|| BenchError::Internal("the engine rendered no heatmap; this is a bug".into()))
+    }
+}
+
+impl Remote {
+    fn error(&self, message: impl std::fmt::Display) -> BenchError {
+        BenchError::Server {
+            url: self.url.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    fn status(&self, status: &tonic::Status) -> BenchError {
+        self.error(format!("{:?}: {}", status.code(), status.message()))
+    }
+
+    fn enroll(&mut self, good: &[PathBuf], progress: &mut dyn FnMut()) -> Result<Enrolled, BenchError> {
+        let started = Instant::now();
+        if !self.created {
+            let request = proto::CreateRecipeRequest {
+                name: self.recipe.clone(),
+                settings: Some(settings_to_proto(&self.settings)),
+            };
+            let answer = self.tokio.block_on(self.recipes.create_recipe(request));
+            answer.map_err(|status| self.status(&status))?;
+            self.created = true;
+        }
+        let mut messages = Vec::with_capacity(good.len());
+        for (index, path) in good.iter().enumerate() {
+            messages.push(proto::AddReferencesRequest {
+                recipe: self.recipe.clone(),
+                frame: Some(proto::Frame {
+                    image: Some(proto::frame::Image::Encoded(read(path)?)),
+                }),
+                replace: index == 0,
+            });
+            progress();
+        }
+        let answer = self
+            .tokio
+            .block_on(self.recipes.add_references(tokio_stream::iter(messages)));
+        let recipe = answer.map_err(|status| self.status(&status))?.into_inner();
+        Ok(Enrolled {
+            threshold: recipe.threshold,
+            seconds: started.elapsed().as_secs_f64(),
+            calibration_scores: None,
+        })
+    }
+
+    fn request(
+        &self,
+        path: &Path,
+        heatmap: Option<(proto::HeatmapFormat, u32)>,
+    ) -> Result<proto::InspectRequest, BenchError> {
+        Ok(proto::InspectRequest {
+            recipe: self.recipe.clone(),
+            frame: Some(proto::Frame {
+                image: Some(proto::frame::Image::Encoded(read(path)?)),
+            }),
+            frame_id: path.display().to_string(),
+            heatmap: heatmap.map(|(format, max_size)| proto::HeatmapOptions {
+                format: format as i32,
+                max_size,
+            }),
+        })
+    }
+
+    fn inspect(&mut self, path: &Path, want_map: bool) -> Result<FrameResult, BenchError> {
+        let max_size = self.settings.input_width.max(self.settings.input_height);
+        let request = self.request(path, want_map.then_some((proto::HeatmapFormat::RawU8, max_size)))?;
+        let started = Instant::now();
+        let answer = self.tokio.block_on(self.inspection.inspect(request));
+        let latency = started.elapsed();
+        let response = answer
+            .map_err(|status| BenchError::Frame {
+                path: path.to_path_buf(),
+                reason: format!("{:?}: {}", status.code(), status.message()),
+            })?
+            .into_inner();
+        let map = response.heatmap.as_ref().map(|h| AnomalyMap {
+            width: h.width as usize,
+            height: h.height as usize,
+            data: h.data.iter().map(|&b| f32::from(b) * h.scale).collect(),
+        });
+        if want_map && map.is_none() {
+            return Err(self.error("the server sent no heatmap"));
+        }
+        let regions = response
+            .regions
+            .iter()
+            .map(|r| Region {
+                x: r.x,
+                y: r.y,
+                width: r.width,
+                height: r.height,
+                area: r.area,
+                max_score: r.max_score,
+                mean_score: r.mean_score,
+            })
+            .collect();
+        let inference = Duration::from_micros(response.timings.map_or(0, |t| t.inference_us));
+        Ok(FrameResult {
+            score: response.score,
+            threshold: response.threshold,
+            verdict: if response.verdict == proto::Verdict::Fail as i32 {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            },
+            regions,
+            map,
+            latency,
+            inference,
+        })
+    }
+
+    fn overlay(&mut self, path: &Path, max_size: u32) -> Result<Vec<u8>, BenchError> {
+        let request = self.request(path, Some((proto::HeatmapFormat::OverlayPng, max_size)))?;
+        let answer = self.tokio.block_on(self.inspection.inspect(request));
+        let response = answer.map_err(|status| self.status(&status))?.into_inner();
+        response
+            .heatmap
+            .map(|h| h.data)
+            .ok_or_else(|| self.error("the server sent no heatmap"))
+    }
+}
+
+impl Drop for Remote {
+    /// Deletes the benchmark's recipe from the server (best effort).
+    fn drop(&mut self) {
+        if self.created {
+            let request = proto::DeleteRecipeRequest {
+                name: self.recipe.clone(),
+            };
+            if let Err(status) = self.tokio.block_on(self.recipes.delete_recipe(request)) {
+                tracing::warn!(recipe = %self.recipe, %status, "could not delete the benchmark recipe");
+            }
+        }
+    }
+}
