@@ -55,10 +55,10 @@ fn search(c: &mut Criterion) {
     let mut group = c.benchmark_group("search");
     let (channels, patches) = (152, 32 * 32);
     let query = uniform(channels * patches, 1);
-    let bank = Bank::new(uniform(16_384 * channels, 2), channels);
+    let bank = Bank::new(uniform(8192 * channels, 2), channels);
     let mut scratch = SearchScratch::default();
     let mut out = vec![0.0; patches];
-    group.bench_function("global_16384x152_1024_patches", |b| {
+    group.bench_function("global_8192x152_1024_patches", |b| {
         b.iter(|| nearest_global(black_box(&query), patches, &bank, &mut scratch, &mut out))
     });
     let grid = Grid {
