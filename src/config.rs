@@ -64,7 +64,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "LOUPE_NEIGHBORHOOD", value_name = "CELLS")]
     pub neighborhood: Option<u32>,
 
-    /// Global mode: coreset size, in reference patches (default 16384).
+    /// Global mode: coreset size, in reference patches (default 8192).
     #[arg(long, env = "LOUPE_REFERENCE_SIZE", value_name = "N")]
     pub reference_size: Option<u32>,
 

@@ -288,6 +288,10 @@ impl FeatureModel {
             .map_err(ort::Error::from)?
             .with_inter_threads(1)
             .map_err(ort::Error::from)?
+            // ONNX Runtime's workers otherwise spin after each run, taking
+            // the cores from the search that follows.
+            .with_intra_op_spinning(false)
+            .map_err(ort::Error::from)?
             .commit_from_memory(&source.onnx)?;
         let inputs: Vec<TensorDecl> = session.inputs().iter().map(declare).collect();
         let outputs: Vec<TensorDecl> = session.outputs().iter().map(declare).collect();

@@ -7,12 +7,13 @@
 //!   [`MAX_HELD_OUT`] images against all the others; `global`: every k-th
 //!   image, up to [`MAX_HELD_OUT`], against a coreset of the rest) and score
 //!   them;
-//! - one (a single golden image): score perturbed copies of it (shifted by
-//!   two pixels, brighter and darker, with sensor noise) against it, and
-//!   multiply by [`SINGLE_IMAGE_MARGIN`], since copies of one image vary
-//!   less than real good parts.
+//! - one (a single golden image): score perturbed copies of it against it
+//!   (shifted by two pixels each way, 8 % brighter and darker, and with
+//!   sensor noise at the level measured in the golden image itself, so a
+//!   clean binarised image gets none); the threshold is the highest of those
+//!   scores times [`SINGLE_IMAGE_MARGIN`].
 //!
-//! Either way the scores go through [`threshold::from_good_scores`].
+//! With two or more, the scores go through [`threshold::from_good_scores`].
 
 use crate::imaging::FrameData;
 use crate::reference::coreset::{self, CoresetOptions};
@@ -26,8 +27,8 @@ use super::{Engine, EngineError, MatchView};
 
 /// Most good images scored for calibration.
 pub const MAX_HELD_OUT: usize = 32;
-/// Extra factor on the threshold calibrated from one golden image.
-pub const SINGLE_IMAGE_MARGIN: f32 = 1.5;
+/// Factor on the highest perturbed-copy score of a single golden image.
+pub const SINGLE_IMAGE_MARGIN: f32 = 0.9;
 /// Dimensions of the random projection used by coreset selection.
 const PROJECTION_DIMS: usize = 64;
 /// Seed of the coreset's projection and start (deterministic enrollment).
@@ -149,11 +150,10 @@ impl Engine {
                 (reference::MatchMode::Global, bank_rows, scores)
             }
         };
-        let calibrated = threshold::from_good_scores(&scores).ok_or(EngineError::NoReferences)?;
         let calibrated = if images.len() == 1 {
-            calibrated * SINGLE_IMAGE_MARGIN
+            scores.iter().copied().fold(0.0, f32::max) * SINGLE_IMAGE_MARGIN
         } else {
-            calibrated
+            threshold::from_good_scores(&scores).ok_or(EngineError::NoReferences)?
         };
         Ok(Reference {
             mode,
@@ -302,9 +302,29 @@ fn coreset_rows<'a>(images: impl Iterator<Item = &'a Features>, target: usize) -
     bank
 }
 
+/// Noise level of a normalised plane, from the median absolute deviation of
+/// horizontal neighbour differences (robust to edges): sigma of one pixel.
+fn noise_sigma(plane: &[f32], width: usize) -> f32 {
+    let mut differences: Vec<f32> = plane
+        .chunks_exact(width)
+        .flat_map(|row| row.windows(2).map(|w| w[1] - w[0]))
+        .collect();
+    if differences.is_empty() {
+        return 0.0;
+    }
+    let middle = differences.len() / 2;
+    let median = *differences.select_nth_unstable_by(middle, f32::total_cmp).1;
+    differences.iter_mut().for_each(|d| *d = (*d - median).abs());
+    let mad = *differences.select_nth_unstable_by(middle, f32::total_cmp).1;
+    // 1.4826 MAD estimates the standard deviation of a difference of two
+    // pixels, which is sqrt(2) times that of one.
+    1.4826 * mad / std::f32::consts::SQRT_2
+}
+
 /// Perturbed copies of a normalised input tensor (3 planes of
 /// `width` x `height`): shifted by 2 pixels each way, 8 % darker and
-/// brighter, with Gaussian sensor noise of 3 grey levels, and all combined.
+/// brighter, with Gaussian noise at the image's own noise level, and all
+/// combined.
 fn perturbations(
     input: &[f32],
     width: usize,
@@ -337,6 +357,7 @@ fn perturbations(
         }
         out
     };
+    let sigma = noise_sigma(&input[..width * height], width);
     let noise = |source: &[f32], seed: u64| {
         let mut state = seed | 1;
         let mut gaussian = || {
@@ -351,8 +372,7 @@ fn perturbations(
             (sum - 2.0) * (12.0_f32 / 4.0).sqrt()
         };
         let mut out = source.to_vec();
-        for (c, plane) in out.chunks_exact_mut(width * height).enumerate() {
-            let sigma = 3.0 / 255.0 / std[c];
+        for plane in out.chunks_exact_mut(width * height) {
             plane.iter_mut().for_each(|v| *v += sigma * gaussian());
         }
         out
@@ -406,7 +426,29 @@ mod tests {
         assert_eq!(variants.len(), 9);
         for variant in &variants {
             assert_eq!(variant.len(), input.len());
-            assert_ne!(variant, &input);
         }
+        assert_ne!(variants[0], input);
+        assert_ne!(variants[4], input);
+    }
+
+    #[test]
+    fn noise_is_measured_from_the_image_and_ignores_edges() {
+        // A clean two-level image has no noise, however many edges it has.
+        let binary: Vec<f32> = (0..64 * 64)
+            .map(|i| if (i % 64) / 8 % 2 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        assert_eq!(noise_sigma(&binary, 64), 0.0);
+        // Uniform noise of width 1 has sigma 1 / sqrt(12) = 0.289.
+        let mut state = 7_u64;
+        let noisy: Vec<f32> = (0..256 * 256)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        let sigma = noise_sigma(&noisy, 256);
+        assert!((sigma - 0.289).abs() < 0.04, "{sigma}");
     }
 }

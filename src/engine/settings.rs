@@ -15,7 +15,7 @@ pub const DEFAULT_NEIGHBORHOOD: u32 = 1;
 /// Default global-mode coreset size: the bank size that keeps a
 /// 1024x1024 frame at 256x256 within the 25 ms latency target on 2 cores
 /// (see the README's results).
-pub const DEFAULT_REFERENCE_SIZE: u32 = 16_384;
+pub const DEFAULT_REFERENCE_SIZE: u32 = 8192;
 /// Largest model input side accepted.
 pub const MAX_INPUT_SIZE: u32 = 2048;
 /// Largest aligned-mode neighbourhood accepted.

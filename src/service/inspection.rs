@@ -84,6 +84,11 @@ impl Inspector {
         deadline: Option<Instant>,
     ) -> Result<proto::InspectResponse, ServiceError> {
         let received = Instant::now();
+        if deadline.is_some_and(|d| received >= d) {
+            return Err(ServiceError::DeadlineExceeded(
+                "the deadline passed before the frame could be inspected".into(),
+            ));
+        }
         if request.recipe.is_empty() {
             return Err(ServiceError::InvalidArgument(
                 "the request names no recipe".into(),
@@ -154,7 +159,10 @@ impl InspectionService {
     }
 }
 
-/// The deadline a client set with `grpc-timeout`, if any.
+/// The deadline a client set with `grpc-timeout`, if any, brought forward
+/// by a small margin: tonic itself cancels the call at the exact deadline
+/// (status CANCELLED), and the client should get DEADLINE_EXCEEDED from us
+/// first.
 fn deadline<T>(request: &Request<T>) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -168,7 +176,8 @@ fn deadline<T>(request: &Request<T>) -> Option<Instant> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     };
-    Instant::now().checked_add(timeout)
+    let margin = (timeout / 10).min(Duration::from_millis(20));
+    Instant::now().checked_add(timeout - margin)
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::InspectResponse, Status>> + Send>>;
@@ -251,7 +260,7 @@ mod tests {
             .metadata_mut()
             .insert("grpc-timeout", "250m".parse().unwrap());
         let left = deadline(&request).unwrap() - Instant::now();
-        assert!(left <= Duration::from_millis(250) && left > Duration::from_millis(200));
+        assert!(left <= Duration::from_millis(230) && left > Duration::from_millis(180));
         request
             .metadata_mut()
             .insert("grpc-timeout", "bogus".parse().unwrap());

@@ -111,3 +111,43 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// Side of the generated test parts, in pixels.
+pub const PART_SIZE: usize = 256;
+
+/// A woven texture (RGB8, `PART_SIZE` square), shifted by (dx, dy) pixels,
+/// with deterministic sensor noise.
+pub fn texture(seed: u64, dx: f32, dy: f32) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let mut rgb = Vec::with_capacity(PART_SIZE * PART_SIZE * 3);
+    for y in 0..PART_SIZE {
+        for x in 0..PART_SIZE {
+            let (fx, fy) = (x as f32 + dx, y as f32 + dy);
+            let v = 128.0
+                + 40.0 * (fx * 0.39).sin() * (fy * 0.41).cos()
+                + 20.0 * ((fx + fy) * 0.13).sin()
+                + 12.0 * (noise() - 0.5);
+            let v = v.clamp(0.0, 255.0) as u8;
+            rgb.extend_from_slice(&[v, v.saturating_sub(10), v.saturating_add(10)]);
+        }
+    }
+    rgb
+}
+
+/// Draws a dark scratch 3 px wide from (x0, y0), `len` px right and
+/// `len / 2` down.
+pub fn scratch(rgb: &mut [u8], x0: usize, y0: usize, len: usize) {
+    for t in 0..len {
+        for w in 0..3 {
+            let (x, y) = (x0 + t, y0 + t / 2 + w);
+            let i = (y * PART_SIZE + x) * 3;
+            rgb[i..i + 3].copy_from_slice(&[20, 20, 20]);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Engine hot paths: the nearest-neighbour search alone (global bank of the
+//! default size, aligned with 10 references), and the whole engine call on a
+//! 1024x1024 RGB8 raw frame at the default 256x256 input, global and
+//! aligned. Needs the ONNX Runtime set-up (`make setup`).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, MatchMode, RecipeSettings};
+use loupe::imaging::{DecodeLimits, FrameData, PixelFormat, RawFrame};
+use loupe::model::{FeatureModel, ModelSource};
+use loupe::runtime::{Lookup, load};
+use loupe::scoring::search::{Bank, Grid, SearchScratch, nearest_aligned, nearest_global};
+
+const FRAME: usize = 1024;
+
+fn uniform(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+/// A textured 1024 x 1024 RGB8 part, shifted by `shift` pixels.
+fn part(seed: u64, shift: f32) -> Vec<u8> {
+    let noise = uniform(FRAME * FRAME, seed);
+    let mut rgb = Vec::with_capacity(FRAME * FRAME * 3);
+    for y in 0..FRAME {
+        for x in 0..FRAME {
+            let (fx, fy) = (x as f32 + shift, y as f32);
+            let v = 128.0 + 40.0 * (fx * 0.1).sin() * (fy * 0.11).cos() + 12.0 * (noise[y * FRAME + x] - 0.5);
+            let v = v as u8;
+            rgb.extend_from_slice(&[v, v / 2, 255 - v]);
+        }
+    }
+    rgb
+}
+
+fn frame(rgb: &[u8]) -> FrameData<'_> {
+    FrameData::Raw(RawFrame {
+        width: FRAME as u32,
+        height: FRAME as u32,
+        stride: 0,
+        format: PixelFormat::Rgb8,
+        data: rgb,
+    })
+}
+
+fn search(c: &mut Criterion) {
+    let mut group = c.benchmark_group("search");
+    let (channels, patches) = (152, 32 * 32);
+    let query = uniform(channels * patches, 1);
+    let bank = Bank::new(uniform(8192 * channels, 2), channels);
+    let mut scratch = SearchScratch::default();
+    let mut out = vec![0.0; patches];
+    group.bench_function("global_8192x152_1024_patches", |b| {
+        b.iter(|| nearest_global(black_box(&query), patches, &bank, &mut scratch, &mut out))
+    });
+    let grid = Grid {
+        channels,
+        width: 32,
+        height: 32,
+    };
+    let references = uniform(grid.len() * 10, 3);
+    group.bench_function("aligned_10_refs_radius_1", |b| {
+        b.iter(|| nearest_aligned(black_box(&query), &references, grid, 1, &mut scratch, &mut out))
+    });
+    group.finish();
+}
+
+fn whole_engine(c: &mut Criterion) {
+    let runtime = load(&Lookup::from_process(None)).expect("run `make setup` first");
+    let model = FeatureModel::load(&runtime, &ModelSource::bundled().unwrap(), 2).unwrap();
+    let mut engine = Engine::new(model, DecodeLimits::default());
+    let goods: Vec<Vec<u8>> = (0..20).map(|i| part(i + 1, i as f32 * 0.7)).collect();
+    let test = part(99, 0.3);
+    let mut group = c.benchmark_group("engine_1024x1024_rgb8_at_256");
+    group.sample_size(30);
+    for (name, mode, count) in [
+        ("global_default", MatchMode::Global, 20),
+        ("aligned_10_refs", MatchMode::Aligned, 10),
+    ] {
+        let settings = RecipeSettings {
+            match_mode: mode,
+            ..RecipeSettings::default()
+        };
+        let mut enrollment = Enrollment::new();
+        for good in &goods[..count] {
+            enrollment.add(engine.extract(&settings, frame(good)).unwrap());
+        }
+        let reference = engine.build_reference(&settings, &enrollment).unwrap();
+        let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                engine
+                    .inspect(&judge, frame(black_box(&test)), &InspectOptions::default())
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, search, whole_engine);
+criterion_main!(benches);

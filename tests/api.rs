@@ -1,0 +1,413 @@
+//! The gRPC API v1 end to end: a real server on 127.0.0.1:0, the generated
+//! tonic clients, generated parts.
+
+mod common;
+
+use common::{PART_SIZE, TestServer, scratch, texture};
+use loupe::proto::inspection_client::InspectionClient;
+use loupe::proto::recipes_client::RecipesClient;
+use loupe::proto::{
+    self, AddReferencesRequest, CreateRecipeRequest, DeleteRecipeRequest, Frame, GetRecipeRequest,
+    HeatmapFormat, HeatmapOptions, InspectRequest, InspectResponse, ListRecipesRequest, PixelFormat,
+    RawImage, RecipeSettings, UpdateRecipeRequest, Verdict,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn raw(rgb: Vec<u8>) -> Frame {
+    Frame {
+        image: Some(proto::frame::Image::Raw(RawImage {
+            width: PART_SIZE as u32,
+            height: PART_SIZE as u32,
+            stride: 0,
+            pixel_format: PixelFormat::Rgb8 as i32,
+            data: rgb,
+        })),
+    }
+}
+
+fn request(recipe: &str, frame: Frame, frame_id: &str) -> InspectRequest {
+    InspectRequest {
+        recipe: recipe.to_owned(),
+        frame: Some(frame),
+        frame_id: frame_id.to_owned(),
+        heatmap: None,
+    }
+}
+
+async fn clients(server: &TestServer) -> (RecipesClient<Channel>, InspectionClient<Channel>) {
+    let channel = server.channel().await;
+    (
+        RecipesClient::new(channel.clone()).max_encoding_message_size(64 << 20),
+        InspectionClient::new(channel).max_encoding_message_size(64 << 20),
+    )
+}
+
+/// Creates recipe `name` and enrolls five good textures in two messages
+/// per frame style (recipe named only in the first).
+async fn enroll(recipes: &mut RecipesClient<Channel>, name: &str) -> proto::Recipe {
+    recipes
+        .create_recipe(CreateRecipeRequest {
+            name: name.to_owned(),
+            settings: None,
+        })
+        .await
+        .unwrap();
+    let messages: Vec<AddReferencesRequest> = (0..5)
+        .map(|i| AddReferencesRequest {
+            recipe: if i == 0 { name.to_owned() } else { String::new() },
+            frame: Some(raw(texture(i + 1, i as f32 * 1.7, i as f32 * 0.9))),
+            replace: false,
+        })
+        .collect();
+    recipes
+        .add_references(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn scratched() -> Vec<u8> {
+    let mut rgb = texture(200, 0.5, 0.5);
+    scratch(&mut rgb, 90, 120, 60);
+    rgb
+}
+
+fn overlaps_scratch(response: &InspectResponse) -> bool {
+    response
+        .regions
+        .iter()
+        .any(|r| r.x < 150 && r.x + r.width > 90 && r.y < 153 && r.y + r.height > 120)
+}
+
+#[tokio::test]
+async fn enroll_then_inspect_a_good_and_a_scratched_part() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    server.wait_serving("loupe.v1.Inspection").await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+
+    let recipe = enroll(&mut recipes, "weave").await;
+    assert_eq!(recipe.reference_count, 5);
+    assert!(recipe.threshold > 0.0);
+    assert_eq!(recipe.revision, 2);
+
+    let good = inspection
+        .inspect(request("weave", raw(texture(100, 0.3, 1.1)), "good-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        good.verdict,
+        Verdict::Pass as i32,
+        "score {} / {}",
+        good.score,
+        good.threshold
+    );
+    assert_eq!(good.frame_id, "good-1");
+    assert_eq!(good.recipe_revision, 2);
+    assert!(good.timings.unwrap().inference_us > 0);
+
+    let mut bad = request("weave", raw(scratched()), "bad-1");
+    bad.heatmap = Some(HeatmapOptions {
+        format: HeatmapFormat::OverlayPng as i32,
+        max_size: 128,
+    });
+    let bad = inspection.inspect(bad).await.unwrap().into_inner();
+    assert_eq!(
+        bad.verdict,
+        Verdict::Fail as i32,
+        "score {} / {}",
+        bad.score,
+        bad.threshold
+    );
+    assert!(bad.normalized_score > 1.0);
+    assert!(overlaps_scratch(&bad), "regions {:?}", bad.regions);
+    let heatmap = bad.heatmap.unwrap();
+    assert_eq!(
+        (heatmap.width, heatmap.height, heatmap.media_type.as_str()),
+        (128, 128, "image/png")
+    );
+    assert!(heatmap.data.starts_with(b"\x89PNG"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn streams_answer_in_order_and_survive_a_bad_frame() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+    enroll(&mut recipes, "weave").await;
+
+    let bad_frame = Frame {
+        image: Some(proto::frame::Image::Raw(RawImage {
+            width: 32,
+            height: 32,
+            stride: 0,
+            pixel_format: PixelFormat::Rgb8 as i32,
+            data: vec![0; 1000],
+        })),
+    };
+    let requests = vec![
+        request("weave", raw(texture(101, 0.0, 0.0)), "a"),
+        request("weave", raw(scratched()), "b"),
+        request("weave", bad_frame, "c"),
+        request("nope", raw(texture(102, 0.0, 0.0)), "d"),
+        request("weave", raw(texture(103, 1.0, 2.0)), "e"),
+    ];
+    let mut stream = inspection
+        .inspect_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut responses = Vec::new();
+    while let Some(response) = stream.message().await.unwrap() {
+        responses.push(response);
+    }
+    let ids: Vec<&str> = responses.iter().map(|r| r.frame_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+    let verdicts: Vec<i32> = responses.iter().map(|r| r.verdict).collect();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Pass,
+            Verdict::Fail,
+            Verdict::Unspecified,
+            Verdict::Unspecified,
+            Verdict::Pass
+        ]
+        .map(|v| v as i32)
+    );
+    let error = responses[2].error.as_ref().unwrap();
+    assert_eq!(error.code, Code::InvalidArgument as i32);
+    assert!(
+        error.message.contains("1000 bytes") && error.message.contains("3072"),
+        "{}",
+        error.message
+    );
+    assert_eq!(responses[3].error.as_ref().unwrap().code, Code::NotFound as i32);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_status_code_the_contract_names() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+
+    // FAILED_PRECONDITION: a recipe without references.
+    recipes
+        .create_recipe(CreateRecipeRequest {
+            name: "empty".into(),
+            settings: None,
+        })
+        .await
+        .unwrap();
+    let status = inspection
+        .inspect(request("empty", raw(texture(1, 0.0, 0.0)), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("AddReferences"), "{}", status.message());
+
+    // ALREADY_EXISTS, and INVALID_ARGUMENT for bad names and settings.
+    let again = CreateRecipeRequest {
+        name: "empty".into(),
+        settings: None,
+    };
+    assert_eq!(
+        recipes.create_recipe(again).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+    let bad_name = CreateRecipeRequest {
+        name: "a/b".into(),
+        settings: None,
+    };
+    assert_eq!(
+        recipes.create_recipe(bad_name).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let bad_settings = CreateRecipeRequest {
+        name: "odd".into(),
+        settings: Some(RecipeSettings {
+            input_width: 250,
+            ..Default::default()
+        }),
+    };
+    let status = recipes.create_recipe(bad_settings).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("input_width is 250"),
+        "{}",
+        status.message()
+    );
+
+    // NOT_FOUND.
+    let status = recipes
+        .get_recipe(GetRecipeRequest { name: "ghost".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = inspection
+        .inspect(request("ghost", raw(texture(1, 0.0, 0.0)), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    // INVALID_ARGUMENT: a frame that does not add up, with numbers.
+    enroll(&mut recipes, "weave").await;
+    let short = Frame {
+        image: Some(proto::frame::Image::Raw(RawImage {
+            width: 32,
+            height: 32,
+            stride: 96,
+            pixel_format: PixelFormat::Rgb8 as i32,
+            data: vec![0; 1000],
+        })),
+    };
+    let status = inspection
+        .inspect(request("weave", short, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("expected 3072"), "{}", status.message());
+    let garbage = Frame {
+        image: Some(proto::frame::Image::Encoded(b"not an image".to_vec())),
+    };
+    let status = inspection
+        .inspect(request("weave", garbage, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // DEADLINE_EXCEEDED: three streams keep the engine busy for far longer
+    // than a 150 ms deadline; once their first answers arrive, the backlog
+    // is in the queue, and a frame sent then cannot be reached in time.
+    let mut streams = Vec::new();
+    for s in 0..3 {
+        let frames: Vec<InspectRequest> = (0..20)
+            .map(|i| request("weave", raw(texture(s * 100 + i, 0.0, 0.0)), "busy"))
+            .collect();
+        let mut stream = inspection
+            .clone()
+            .inspect_stream(tokio_stream::iter(frames))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    let mut hurried = tonic::Request::new(request("weave", raw(texture(5, 0.0, 0.0)), "x"));
+    hurried.set_timeout(std::time::Duration::from_millis(150));
+    // Its own connection, so it does not wait behind the streams' bytes.
+    let mut fresh = InspectionClient::new(server.channel().await);
+    let status = fresh.inspect(hurried).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    for mut stream in streams {
+        while stream.message().await.unwrap().is_some() {}
+    }
+
+    // UpdateRecipe bumps the revision; DeleteRecipe removes it.
+    let updated = recipes
+        .update_recipe(UpdateRecipeRequest {
+            name: "weave".into(),
+            settings: Some(RecipeSettings {
+                sensitivity: 2.0,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.revision, 3);
+    recipes
+        .delete_recipe(DeleteRecipeRequest { name: "weave".into() })
+        .await
+        .unwrap();
+    let names: Vec<String> = recipes
+        .list_recipes(ListRecipesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .recipes
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["empty"]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn overload_is_answered_with_resource_exhausted_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = common::config(data.path());
+    config.limits.max_pending = 1;
+    let server = TestServer::start(config).await;
+    let (mut recipes, inspection) = clients(&server).await;
+    enroll(&mut recipes, "weave").await;
+
+    let frame = raw(texture(9, 0.0, 0.0));
+    let calls = (0..8).map(|i| {
+        let mut client = inspection.clone();
+        let request = request("weave", frame.clone(), &i.to_string());
+        tokio::spawn(async move { client.inspect(request).await })
+    });
+    let results = futures_join(calls.collect()).await;
+    let exhausted = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    let served = results.iter().filter(|r| r.is_ok()).count();
+    assert!(served >= 1, "{results:?}");
+    assert!(exhausted >= 1, "no call was refused: {results:?}");
+    assert_eq!(served + exhausted, 8, "{results:?}");
+    server.stop().await.unwrap();
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_same_verdicts_and_skips_a_damaged_recipe() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+    enroll(&mut recipes, "weave").await;
+    enroll(&mut recipes, "broken").await;
+    let before = inspection
+        .inspect(request("weave", raw(scratched()), "x"))
+        .await
+        .unwrap()
+        .into_inner();
+    server.stop().await.unwrap();
+
+    std::fs::write(data.path().join("recipes/broken/recipe.json"), b"{ half a fi").unwrap();
+
+    let server = TestServer::start(common::config(data.path())).await;
+    server.wait_serving("").await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+    let after = inspection
+        .inspect(request("weave", raw(scratched()), "x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.verdict, before.verdict);
+    assert_eq!(after.score, before.score);
+    assert_eq!(after.threshold, before.threshold);
+    assert_eq!(after.recipe_revision, before.recipe_revision);
+    let status = recipes
+        .get_recipe(GetRecipeRequest {
+            name: "broken".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    // The damaged recipe's files are left for a person to look at.
+    assert!(data.path().join("recipes/broken/recipe.json").exists());
+    server.stop().await.unwrap();
+}
