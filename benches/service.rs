@@ -140,6 +140,8 @@ fn main() {
         ));
         let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
             .unwrap()
+            .initial_stream_window_size(loupe::service::FLOW_WINDOW)
+            .initial_connection_window_size(2 * loupe::service::FLOW_WINDOW)
             .connect()
             .await
             .unwrap();

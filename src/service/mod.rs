@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -36,6 +36,9 @@ use worker::Worker;
 
 /// The model input size the warm-up runs at (the default recipe size).
 const WARM_UP_SIZE: usize = 256;
+
+/// HTTP/2 flow-control window per stream, bytes: several full frames.
+pub const FLOW_WINDOW: u32 = 16 << 20;
 
 /// Why the service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -172,12 +175,19 @@ pub async fn serve(
         stopped.notify_one();
     };
 
+    // Small answers must not wait for delayed ACKs: tonic sets TCP_NODELAY
+    // only on listeners it binds itself.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Frames are megabytes: HTTP/2's default 64 KiB windows would make a
+    // 3 MB frame wait for dozens of window updates.
     let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(FLOW_WINDOW)
+        .initial_connection_window_size(2 * FLOW_WINDOW)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(inspection)
         .add_service(recipes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+        .serve_with_incoming_shutdown(incoming, stop);
     let grace = config.shutdown_grace;
     tokio::select! {
         result = server => result?,
