@@ -141,9 +141,12 @@ fn aligned_catches_a_missing_component_that_global_misses() {
     let clean = board(51, None);
     let options = InspectOptions::default();
 
+    // Every reference patch is kept (no coreset): the point is what each
+    // mode compares, and coreset selection is slow in unoptimised tests.
     let global = RecipeSettings {
         input_width: BOARD as u32,
         input_height: BOARD as u32,
+        reference_size: 1 << 16,
         ..RecipeSettings::default()
     };
     let aligned = RecipeSettings {

@@ -22,7 +22,7 @@ use crate::scoring::map::AnomalyMap;
 use crate::scoring::search::{Bank, Grid};
 use crate::scoring::threshold;
 
-use super::settings::{self, MatchMode, RecipeSettings};
+use super::settings::{MatchMode, RecipeSettings};
 use super::{Engine, EngineError, MatchView};
 
 /// Most good images scored for calibration.
@@ -106,16 +106,7 @@ impl Engine {
             return Err(EngineError::NoReferences);
         };
         let grid = first.grid;
-        let mask = if settings.keep_aspect {
-            None
-        } else {
-            settings::mask_plane(
-                &settings.mask_png,
-                settings.input_width as usize,
-                settings.input_height as usize,
-                self.limits,
-            )?
-        };
+        let mask = settings.mask(self.limits)?;
         let (mode, features, scores) = match settings.match_mode {
             MatchMode::Aligned => {
                 if let Some(other) = images

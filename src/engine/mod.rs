@@ -95,16 +95,7 @@ impl Judge {
                 "the reference was built for the other matching mode".into(),
             ));
         }
-        let mask = if settings.keep_aspect {
-            None
-        } else {
-            settings::mask_plane(
-                &settings.mask_png,
-                settings.input_width as usize,
-                settings.input_height as usize,
-                limits,
-            )?
-        };
+        let mask = settings.mask(limits)?;
         let threshold = threshold::in_force(reference.threshold, settings.threshold, settings.sensitivity);
         Ok(Self {
             settings,

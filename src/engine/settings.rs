@@ -107,6 +107,11 @@ impl RecipeSettings {
                 "keep_aspect works only with the global mode: aligned needs one grid for every frame".into(),
             ));
         }
+        if self.keep_aspect && !self.mask_png.is_empty() {
+            return Err(invalid(
+                "mask_png needs one input size for every frame; turn keep_aspect off to use a mask".into(),
+            ));
+        }
         if self.neighborhood > MAX_NEIGHBORHOOD {
             return Err(invalid(format!(
                 "neighborhood is {}; at most {MAX_NEIGHBORHOOD} cells",
@@ -136,6 +141,20 @@ impl RecipeSettings {
             return Err(invalid("roi width and height must be above 0".into()));
         }
         Ok(())
+    }
+
+    /// The inspection mask at the model input size (1 inspect, 0 ignore),
+    /// or `None` when the recipe has none.
+    pub fn mask(&self, limits: DecodeLimits) -> Result<Option<Vec<f32>>, EngineError> {
+        if self.keep_aspect {
+            return Ok(None);
+        }
+        mask_plane(
+            &self.mask_png,
+            self.input_width as usize,
+            self.input_height as usize,
+            limits,
+        )
     }
 
     /// Whether a change from `self` to `other` invalidates the reference
@@ -267,6 +286,13 @@ mod tests {
         assert!(bad(|s| s.threshold = Some(f32::NAN)).contains("threshold"));
         assert!(bad(|s| s.neighborhood = 99).contains("neighborhood"));
         assert!(bad(|s| s.reference_size = 0).contains("reference_size"));
+        assert!(
+            bad(|s| {
+                s.keep_aspect = true;
+                s.mask_png = vec![1];
+            })
+            .contains("mask_png")
+        );
         assert!(
             bad(|s| {
                 s.keep_aspect = true;
