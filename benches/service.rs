@@ -3,24 +3,32 @@
 //! Prints the engine's median latency and the client's median over
 //! loopback `Inspect` (target: at most 1.2x), and the engine's
 //! single-stream throughput and `InspectStream` throughput with 4 frames in
-//! flight (target: at least 1x). Needs the ONNX Runtime set-up.
+//! flight (target: at least 1x), with batching on (the default) and off.
+//! The sides are measured in alternating rounds so that a slow moment of
+//! the machine does not fall on one side only. Needs the ONNX Runtime
+//! set-up.
 //!
 //! Run: `cargo bench --bench service`.
 
 use std::time::{Duration, Instant};
 
-use loupe::config::{EngineConfig, Limits, ServeConfig};
+use loupe::config::{DEFAULT_MAX_BATCH, EngineConfig, Limits, ServeConfig};
 use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, RecipeSettings};
 use loupe::imaging::{DecodeLimits, FrameData, PixelFormat, RawFrame};
 use loupe::model::{FeatureModel, ModelSource};
 use loupe::proto::inspection_client::InspectionClient;
 use loupe::proto::recipes_client::RecipesClient;
 use loupe::proto::{self, AddReferencesRequest, CreateRecipeRequest, InspectRequest, RawImage};
-use loupe::runtime::{Lookup, load};
+use loupe::runtime::{Lookup, Runtime, load};
+use tonic::transport::Channel;
 
 const FRAME: usize = 1024;
 const GOODS: u64 = 20;
-const RUNS: usize = 60;
+/// Frames per side per round.
+const RUNS: usize = 100;
+const ROUNDS: usize = 3;
+/// Frames a stream keeps in flight.
+const IN_FLIGHT: usize = 4;
 
 fn part(seed: u64, shift: f32) -> Vec<u8> {
     let mut state = seed | 1;
@@ -46,13 +54,23 @@ fn raw_frame(rgb: &[u8]) -> proto::Frame {
             height: FRAME as u32,
             stride: 0,
             pixel_format: proto::PixelFormat::Rgb8 as i32,
-            data: rgb.to_vec(),
+            data: rgb.to_vec().into(),
         })),
     }
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
+fn engine_frame(rgb: &[u8]) -> FrameData<'_> {
+    FrameData::Raw(RawFrame {
+        width: FRAME as u32,
+        height: FRAME as u32,
+        stride: 0,
+        format: PixelFormat::Rgb8,
+        data: rgb,
+    })
+}
+
+fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
+    samples.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     samples[samples.len() / 2]
 }
 
@@ -60,61 +78,52 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`:
-    // the measurement only makes sense in an optimised `cargo bench` build.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("service bench: skipped (run it with `cargo bench --bench service`)");
-        return;
-    }
-    let runtime = load(&Lookup::from_process(None)).expect("run `make setup` first");
-    let goods: Vec<Vec<u8>> = (0..GOODS).map(|i| part(i + 1, i as f32 * 0.7)).collect();
-    let test = part(99, 0.3);
+/// The engine alone, in this process, judging the test frame.
+struct Direct {
+    engine: Engine,
+    judge: Judge,
+}
 
-    // The engine alone, in this process.
-    let (engine_median, engine_fps) = {
-        let model = FeatureModel::load(&runtime, &ModelSource::bundled().unwrap(), 2).unwrap();
+impl Direct {
+    fn new(runtime: &Runtime, goods: &[Vec<u8>]) -> Self {
+        let model = FeatureModel::load(runtime, &ModelSource::bundled().unwrap(), 2).unwrap();
         let mut engine = Engine::new(model, DecodeLimits::default());
         let settings = RecipeSettings::default();
-        fn frame(rgb: &[u8]) -> FrameData<'_> {
-            FrameData::Raw(RawFrame {
-                width: FRAME as u32,
-                height: FRAME as u32,
-                stride: 0,
-                format: PixelFormat::Rgb8,
-                data: rgb,
-            })
-        }
         let mut enrollment = Enrollment::new();
-        for good in &goods {
-            enrollment.add(engine.extract(&settings, frame(good)).unwrap());
+        for good in goods {
+            enrollment.add(engine.extract(&settings, engine_frame(good)).unwrap());
         }
         let reference = engine.build_reference(&settings, &enrollment).unwrap();
         let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
-        for _ in 0..5 {
-            engine
-                .inspect(&judge, frame(&test), &InspectOptions::default())
-                .unwrap();
-        }
+        Self { engine, judge }
+    }
+
+    /// Latency of each run, and frames per second over all of them.
+    fn run(&mut self, test: &[u8], runs: usize) -> (Vec<Duration>, f64) {
         let started = Instant::now();
-        let samples: Vec<Duration> = (0..RUNS)
+        let samples = (0..runs)
             .map(|_| {
                 let t = Instant::now();
-                engine
-                    .inspect(&judge, frame(&test), &InspectOptions::default())
+                self.engine
+                    .inspect(&self.judge, engine_frame(test), &InspectOptions::default())
                     .unwrap();
                 t.elapsed()
             })
             .collect();
-        (median(samples), RUNS as f64 / started.elapsed().as_secs_f64())
-    };
+        (samples, runs as f64 / started.elapsed().as_secs_f64())
+    }
+}
 
-    // The same frame through a real server on loopback.
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (client_median, stream_fps) = tokio.block_on(async {
+/// A server on loopback with a recipe taught the good frames.
+struct Served {
+    inspection: InspectionClient<Channel>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), loupe::service::ServeError>>,
+    _data: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(runtime: &Runtime, goods: &[Vec<u8>], max_batch: usize) -> Self {
         let data = tempfile::tempdir().unwrap();
         let config = ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -125,20 +134,21 @@ fn main() {
                 threads: 2,
             },
             limits: Limits::default(),
+            max_batch,
             shutdown_grace: Duration::from_secs(5),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(loupe::service::serve(
             config,
             runtime.clone(),
             listener,
             async move {
-                let _ = stop_rx.await;
+                let _ = stopped.await;
             },
         ));
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .initial_stream_window_size(loupe::service::FLOW_WINDOW)
             .initial_connection_window_size(2 * loupe::service::FLOW_WINDOW)
@@ -146,7 +156,7 @@ fn main() {
             .await
             .unwrap();
         let mut recipes = RecipesClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
-        let mut inspection = InspectionClient::new(channel).max_encoding_message_size(usize::MAX);
+        let inspection = InspectionClient::new(channel).max_encoding_message_size(usize::MAX);
         recipes
             .create_recipe(CreateRecipeRequest {
                 name: "bench".into(),
@@ -167,53 +177,120 @@ fn main() {
             .add_references(tokio_stream::iter(messages))
             .await
             .unwrap();
-        let request = InspectRequest {
-            recipe: "bench".into(),
-            frame: Some(raw_frame(&test)),
-            frame_id: String::new(),
-            heatmap: None,
-        };
-        for _ in 0..5 {
-            inspection.inspect(request.clone()).await.unwrap();
+        Self {
+            inspection,
+            stop,
+            server,
+            _data: data,
         }
-        let mut samples = Vec::with_capacity(RUNS);
-        for _ in 0..RUNS {
+    }
+
+    /// Client-side latency of `runs` unary calls.
+    async fn unary(&mut self, request: &InspectRequest, runs: usize) -> Vec<Duration> {
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs {
             let t = Instant::now();
-            inspection.inspect(request.clone()).await.unwrap();
+            self.inspection.inspect(request.clone()).await.unwrap();
             samples.push(t.elapsed());
         }
-        // A stream keeps up to 4 frames in flight: the client sends the next
-        // frame only when fewer than 4 answers are outstanding.
+        samples
+    }
+
+    /// Frames per second through one stream that keeps `IN_FLIGHT` frames
+    /// outstanding: the client sends the next frame only when fewer answers
+    /// are due.
+    async fn stream(&mut self, request: &InspectRequest, runs: usize) -> f64 {
         let (tx, rx) = tokio::sync::mpsc::channel::<InspectRequest>(1);
         let started = Instant::now();
-        let mut responses = inspection
+        let mut responses = self
+            .inspection
             .inspect_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .unwrap()
             .into_inner();
-        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<()>(4);
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<()>(IN_FLIGHT);
         let feeder = tokio::spawn({
             let request = request.clone();
             async move {
-                for _ in 0..RUNS {
+                for _ in 0..runs {
                     sent_tx.send(()).await.unwrap();
                     tx.send(request.clone()).await.unwrap();
                 }
             }
         });
-        for _ in 0..RUNS {
-            responses.message().await.unwrap().unwrap();
+        for _ in 0..runs {
+            let response = responses.message().await.unwrap().unwrap();
+            assert!(response.error.is_none(), "{:?}", response.error);
             sent_rx.recv().await.unwrap();
         }
-        let stream_fps = RUNS as f64 / started.elapsed().as_secs_f64();
+        let fps = runs as f64 / started.elapsed().as_secs_f64();
         feeder.await.unwrap();
-        let _ = stop_tx.send(());
-        drop(responses);
-        let _ = server.await;
-        (median(samples), stream_fps)
+        fps
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`:
+    // the measurement only makes sense in an optimised `cargo bench` build.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("service bench: skipped (run it with `cargo bench --bench service`)");
+        return;
+    }
+    let runtime = load(&Lookup::from_process(None)).expect("run `make setup` first");
+    let goods: Vec<Vec<u8>> = (0..GOODS).map(|i| part(i + 1, i as f32 * 0.7)).collect();
+    let test = part(99, 0.3);
+    let request = InspectRequest {
+        recipe: "bench".into(),
+        frame: Some(raw_frame(&test)),
+        frame_id: String::new(),
+        heatmap: None,
+    };
+
+    let mut direct = Direct::new(&runtime, &goods);
+    direct.run(&test, 5);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut batched, mut unbatched) = tokio.block_on(async {
+        let batched = Served::start(&runtime, &goods, DEFAULT_MAX_BATCH).await;
+        let unbatched = Served::start(&runtime, &goods, 1).await;
+        (batched, unbatched)
+    });
+    tokio.block_on(async {
+        batched.unary(&request, 5).await;
+        unbatched.unary(&request, 5).await;
     });
 
-    println!("1024x1024 RGB8 raw frame, 256x256 input, global, default reference size, {RUNS} runs");
+    let (mut engine_latency, mut client_latency) = (Vec::new(), Vec::new());
+    let (mut engine_fps, mut stream_fps, mut unbatched_fps) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (latency, fps) = direct.run(&test, RUNS);
+        engine_latency.extend(latency);
+        engine_fps.push(fps);
+        tokio.block_on(async {
+            client_latency.extend(batched.unary(&request, RUNS).await);
+            stream_fps.push(batched.stream(&request, RUNS).await);
+            unbatched_fps.push(unbatched.stream(&request, RUNS).await);
+        });
+    }
+    tokio.block_on(async {
+        batched.stop().await;
+        unbatched.stop().await;
+    });
+
+    let (engine_median, client_median) = (median(engine_latency), median(client_latency));
+    let (engine_fps, stream_fps, unbatched_fps) =
+        (median(engine_fps), median(stream_fps), median(unbatched_fps));
+    println!(
+        "1024x1024 RGB8 raw frame, 256x256 input, global, default reference size; \
+         {ROUNDS} alternating rounds of {RUNS} frames a side, medians"
+    );
     println!(
         "Inspect latency median: engine {:.2} ms, client over loopback {:.2} ms, ratio {:.2} (target <= 1.2)",
         ms(engine_median),
@@ -221,7 +298,13 @@ fn main() {
         ms(client_median) / ms(engine_median)
     );
     println!(
-        "throughput: engine single stream {engine_fps:.1} frames/s, InspectStream with 4 in flight {stream_fps:.1} frames/s, ratio {:.2} (target >= 1.0)",
+        "throughput: engine single stream {engine_fps:.1} frames/s, InspectStream with {IN_FLIGHT} in flight \
+         {stream_fps:.1} frames/s, ratio {:.2} (target >= 1.0)",
         stream_fps / engine_fps
+    );
+    println!(
+        "InspectStream with {IN_FLIGHT} in flight and batching off (--max-batch 1): {unbatched_fps:.1} frames/s, \
+         ratio {:.2}",
+        unbatched_fps / engine_fps
     );
 }

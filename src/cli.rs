@@ -132,7 +132,7 @@ pub async fn recipe(args: RecipeArgs) -> Result<()> {
 fn encoded_frame(file: &Path) -> Result<proto::Frame> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     Ok(proto::Frame {
-        image: Some(proto::frame::Image::Encoded(bytes)),
+        image: Some(proto::frame::Image::Encoded(bytes.into())),
     })
 }
 

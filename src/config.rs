@@ -368,10 +368,22 @@ pub struct ServeArgs {
     #[arg(long, env = "LOUPE_MAX_PENDING", default_value_t = 64)]
     pub max_pending: usize,
 
+    /// Most waiting frames of one recipe judged together in one model run
+    /// and one search (1 turns batching off). Only frames that are already
+    /// waiting are batched; none is held back to fill a batch.
+    #[arg(long, env = "LOUPE_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+
     /// Seconds to let in-flight requests finish after SIGINT or SIGTERM.
     #[arg(long, env = "LOUPE_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 }
+
+/// Waiting frames judged together by default. With 4 frames in flight on a
+/// stream, batches of 2 leave the other 2 frames travelling and decoding
+/// while the engine works; batches of up to 4 measured slower
+/// (`cargo bench --bench service`).
+pub const DEFAULT_MAX_BATCH: usize = 2;
 
 /// Resolved engine settings.
 #[derive(Debug, Clone)]
@@ -419,6 +431,8 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// Client limits.
     pub limits: Limits,
+    /// Most waiting frames judged in one model run.
+    pub max_batch: usize,
     /// Grace period at shutdown.
     pub shutdown_grace: std::time::Duration,
 }
@@ -468,6 +482,7 @@ impl ServeArgs {
         at_least("max-frame-pixels", self.max_frame_pixels, 1)?;
         at_least("max-references", self.max_references as u64, 1)?;
         at_least("max-pending", self.max_pending as u64, 1)?;
+        at_least("max-batch", self.max_batch as u64, 1)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError {
                 flag: "data-dir",
@@ -484,6 +499,7 @@ impl ServeArgs {
                 max_references: self.max_references,
                 max_pending: self.max_pending,
             },
+            max_batch: self.max_batch,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
         })
     }

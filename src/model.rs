@@ -70,7 +70,7 @@ pub struct Normalization {
 }
 
 /// Errors of this layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     /// The model or manifest file cannot be read or parsed.
     #[error("model {origin}: {reason}")]
@@ -274,6 +274,7 @@ pub struct FeatureShape {
 pub struct FeatureModel {
     session: Session,
     manifest: Manifest,
+    threads: usize,
 }
 
 impl FeatureModel {
@@ -302,12 +303,19 @@ impl FeatureModel {
         Ok(Self {
             session,
             manifest: source.manifest.clone(),
+            threads: threads.max(1),
         })
     }
 
     /// The manifest the model was checked against.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The intra-op threads the session was made with; the search uses as
+    /// many.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Checks that the model can take a `width` x `height` input.

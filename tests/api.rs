@@ -21,7 +21,7 @@ fn raw(rgb: Vec<u8>) -> Frame {
             height: PART_SIZE as u32,
             stride: 0,
             pixel_format: PixelFormat::Rgb8 as i32,
-            data: rgb,
+            data: rgb.into(),
         })),
     }
 }
@@ -145,7 +145,7 @@ async fn streams_answer_in_order_and_survive_a_bad_frame() {
             height: 32,
             stride: 0,
             pixel_format: PixelFormat::Rgb8 as i32,
-            data: vec![0; 1000],
+            data: vec![0; 1000].into(),
         })),
     };
     let requests = vec![
@@ -262,7 +262,7 @@ async fn every_status_code_the_contract_names() {
             height: 32,
             stride: 96,
             pixel_format: PixelFormat::Rgb8 as i32,
-            data: vec![0; 1000],
+            data: vec![0; 1000].into(),
         })),
     };
     let status = inspection
@@ -272,7 +272,7 @@ async fn every_status_code_the_contract_names() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("expected 3072"), "{}", status.message());
     let garbage = Frame {
-        image: Some(proto::frame::Image::Encoded(b"not an image".to_vec())),
+        image: Some(proto::frame::Image::Encoded(b"not an image".to_vec().into())),
     };
     let status = inspection
         .inspect(request("weave", garbage, "x"))

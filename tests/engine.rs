@@ -8,7 +8,7 @@ mod common;
 use loupe::engine::{
     Engine, Enrollment, InspectOptions, Inspection, Judge, MatchMode, RecipeSettings, Verdict,
 };
-use loupe::imaging::{DecodeLimits, FrameData, PixelFormat, RawFrame};
+use loupe::imaging::{self, DecodeLimits, FrameData, Image, PixelFormat, RawFrame};
 use loupe::model::{FeatureModel, ModelSource};
 
 /// Boards are larger, so their two holes sit far from every border.
@@ -290,4 +290,48 @@ fn regions_map_back_to_frame_pixels_through_roi_and_resize() {
             "{region:?} leaves the ROI"
         );
     }
+}
+
+#[test]
+fn frames_judged_together_score_as_they_do_alone_and_fail_alone() {
+    let mut engine = engine();
+    let settings = RecipeSettings::default();
+    let goods: Vec<Vec<u8>> = (0..4)
+        .map(|i| texture(i + 1, i as f32 * 1.7, i as f32 * 0.9))
+        .collect();
+    let judge = teach(&mut engine, &settings, &goods);
+    let mut scratched = texture(200, 0.5, 0.5);
+    scratch(&mut scratched, 90, 120, 60);
+    let decode = |rgb: &[u8]| {
+        let mut image = Image::default();
+        imaging::decode(frame(rgb), DecodeLimits::default(), &mut image).unwrap();
+        image
+    };
+    // A clean part, a scratched one, and an empty image that cannot be
+    // preprocessed, in one batch.
+    let images = vec![
+        decode(&texture(100, 0.3, 1.1)),
+        decode(&scratched),
+        Image::default(),
+    ];
+    let options = vec![InspectOptions::default(); images.len()];
+
+    let together = engine.inspect_images(&judge, &images, &options);
+    assert_eq!(together.len(), 3);
+    for (image, together) in images.iter().zip(&together).take(2) {
+        let alone = engine.inspect_image(&judge, image, &options[0]).unwrap();
+        let together = together.as_ref().unwrap();
+        assert_eq!(alone.verdict, together.verdict);
+        assert!(
+            (alone.score - together.score).abs() <= 1e-3 * alone.score,
+            "alone {} vs together {}",
+            alone.score,
+            together.score
+        );
+        assert_eq!(alone.regions.len(), together.regions.len());
+    }
+    assert_eq!(together[0].as_ref().unwrap().verdict, Verdict::Pass);
+    assert_eq!(together[1].as_ref().unwrap().verdict, Verdict::Fail);
+    let error = together[2].as_ref().unwrap_err().to_string();
+    assert!(!error.is_empty());
 }

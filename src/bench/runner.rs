@@ -305,7 +305,7 @@ impl Remote {
             messages.push(proto::AddReferencesRequest {
                 recipe: self.recipe.clone(),
                 frame: Some(proto::Frame {
-                    image: Some(proto::frame::Image::Encoded(read(path)?)),
+                    image: Some(proto::frame::Image::Encoded(read(path)?.into())),
                 }),
                 replace: index == 0,
             });
@@ -330,7 +330,7 @@ impl Remote {
         Ok(proto::InspectRequest {
             recipe: self.recipe.clone(),
             frame: Some(proto::Frame {
-                image: Some(proto::frame::Image::Encoded(read(path)?)),
+                image: Some(proto::frame::Image::Encoded(read(path)?.into())),
             }),
             frame_id: path.display().to_string(),
             heatmap: heatmap.map(|(format, max_size)| proto::HeatmapOptions {
@@ -435,7 +435,7 @@ impl Remote {
         let response = answer.map_err(|status| self.status(&status))?.into_inner();
         response
             .heatmap
-            .map(|h| h.data)
+            .map(|h| h.data.to_vec())
             .ok_or_else(|| self.error("the server sent no heatmap"))
     }
 }

@@ -7,9 +7,11 @@ use fast_image_resize::images::{Image as ResizeImage, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use crate::imaging::{Channels, FrameData, Geometry, Image, Roi};
+use crate::model::ModelError;
 use crate::scoring::heatmap;
 use crate::scoring::map::{AnomalyMap, resize_f32};
 use crate::scoring::regions::find_regions;
+use crate::scoring::search::Grid;
 
 use super::{Engine, EngineError, Judge};
 
@@ -136,134 +138,283 @@ impl Engine {
         options: &InspectOptions,
     ) -> Result<Inspection, EngineError> {
         let decode = self.decode(frame)?;
-        let mut inspection = self.inspect_decoded(judge, options)?;
+        let image = std::mem::take(&mut self.image);
+        let result = self.inspect_image(judge, &image, options);
+        self.image = image;
+        let mut inspection = result?;
         inspection.timings.decode = decode;
         Ok(inspection)
     }
 
     /// Judges an already decoded frame (decoded elsewhere, on another
-    /// thread). The buffer is borrowed for the call and handed back.
+    /// thread).
     pub fn inspect_image(
         &mut self,
         judge: &Judge,
-        image: &mut Image,
+        image: &Image,
         options: &InspectOptions,
     ) -> Result<Inspection, EngineError> {
-        std::mem::swap(&mut self.image, image);
-        let result = self.inspect_decoded(judge, options);
-        std::mem::swap(&mut self.image, image);
-        result
+        let mut results =
+            self.inspect_images(judge, std::slice::from_ref(image), std::slice::from_ref(options));
+        results.pop().expect("one result for one frame; this is a bug")
     }
 
-    fn inspect_decoded(
+    /// Judges decoded frames of one recipe together, one result per frame
+    /// in order. Frames with the same model input size share one model run
+    /// and one search (a batch); a frame that fails gets its own error and
+    /// the others go on. In a batch each frame's timings carry an equal
+    /// share of the model and search time.
+    pub fn inspect_images(
         &mut self,
         judge: &Judge,
-        options: &InspectOptions,
-    ) -> Result<Inspection, EngineError> {
-        let (geometry, preprocess) = self.preprocess(judge.settings())?;
-        let (grid, inference) = self.infer(geometry.input_width, geometry.input_height)?;
+        images: &[Image],
+        options: &[InspectOptions],
+    ) -> Vec<Result<Inspection, EngineError>> {
+        assert_eq!(
+            images.len(),
+            options.len(),
+            "one options per frame; this is a bug"
+        );
+        let sizes: Vec<(u32, u32)> = images
+            .iter()
+            .map(|image| {
+                let (width, height) = match judge.settings().roi {
+                    Some(roi) => (roi.width, roi.height),
+                    None => (image.width, image.height),
+                };
+                self.input_size(judge.settings(), width, height)
+            })
+            .collect();
+        let mut results: Vec<Option<Result<Inspection, EngineError>>> = images.iter().map(|_| None).collect();
+        for first in 0..images.len() {
+            if results[first].is_some() {
+                continue;
+            }
+            let members: Vec<usize> = (first..images.len())
+                .filter(|&i| results[i].is_none() && sizes[i] == sizes[first])
+                .collect();
+            let judged = self.inspect_batch(judge, images, options, &members, sizes[first]);
+            for (index, result) in members.into_iter().zip(judged) {
+                results[index] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every frame is judged; this is a bug"))
+            .collect()
+    }
+
+    /// Judges `images[members]`, all of model input size `width` x
+    /// `height`, with one model run and one search.
+    fn inspect_batch(
+        &mut self,
+        judge: &Judge,
+        images: &[Image],
+        options: &[InspectOptions],
+        members: &[usize],
+        (width, height): (u32, u32),
+    ) -> Vec<Result<Inspection, EngineError>> {
+        let settings = judge.settings();
+        let plane = 3 * width as usize * height as usize;
+        self.input.resize(members.len() * plane, 0.0);
+        let mut results: Vec<Option<Result<Inspection, EngineError>>> =
+            members.iter().map(|_| None).collect();
+        // (position in `members`, geometry, preprocessing time) of the frames
+        // in the model batch, in tensor order.
+        let mut batch = Vec::with_capacity(members.len());
+        for (position, &index) in members.iter().enumerate() {
+            let started = Instant::now();
+            let slot = &mut self.input[batch.len() * plane..][..plane];
+            match self
+                .preprocessor
+                .run(&images[index], settings.roi, width, height, &self.normalize, slot)
+            {
+                Ok(geometry) => batch.push((position, geometry, started.elapsed())),
+                Err(error) => results[position] = Some(Err(error.into())),
+            }
+        }
+        if !batch.is_empty() {
+            let count = batch.len();
+            match self.infer_batch(judge, count, width, height) {
+                Ok((grid, inference)) => {
+                    let started = Instant::now();
+                    let features = std::mem::take(&mut self.features);
+                    self.search(&features, count, grid, judge.view());
+                    self.features = features;
+                    let search = started.elapsed() / count as u32;
+                    for (k, (position, geometry, preprocess)) in batch.into_iter().enumerate() {
+                        let started = Instant::now();
+                        let mut map = AnomalyMap::default();
+                        self.build_map(k, grid, judge.mask.as_deref(), &mut map);
+                        let index = members[position];
+                        let result = judgement(judge, map, geometry, &images[index], &options[index]).map(
+                            |mut inspection| {
+                                inspection.timings = Timings {
+                                    decode: Duration::ZERO,
+                                    preprocess,
+                                    inference,
+                                    postprocess: search + started.elapsed(),
+                                };
+                                inspection
+                            },
+                        );
+                        results[position] = Some(result);
+                    }
+                }
+                Err(failure) => {
+                    for (position, ..) in batch {
+                        results[position] = Some(Err(failure.clone().into()));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every frame of the batch is judged; this is a bug"))
+            .collect()
+    }
+
+    /// Runs the model on the first `count` images of the input tensor and
+    /// checks the grid against an aligned reference. Returns the grid and
+    /// each image's share of the time.
+    fn infer_batch(
+        &mut self,
+        judge: &Judge,
+        count: usize,
+        width: u32,
+        height: u32,
+    ) -> Result<(Grid, Duration), SharedFailure> {
+        let started = Instant::now();
+        let plane = 3 * width as usize * height as usize;
+        let shape = self.model.run(
+            &self.input[..count * plane],
+            count,
+            height as usize,
+            width as usize,
+            &mut self.features,
+        )?;
+        let grid = Grid {
+            channels: shape.channels,
+            width: shape.width,
+            height: shape.height,
+        };
+        let reference = judge.reference();
+        let reference_grid = (reference.grid_width as usize, reference.grid_height as usize);
         if judge.settings().match_mode == super::MatchMode::Aligned
-            && (grid.width, grid.height)
-                != (
-                    judge.reference().grid_width as usize,
-                    judge.reference().grid_height as usize,
-                )
+            && (grid.width, grid.height) != reference_grid
         {
-            return Err(EngineError::ReferenceMismatch(format!(
+            return Err(SharedFailure::Mismatch(format!(
                 "the frame's feature grid is {}x{}, the reference's {}x{}",
-                grid.width,
-                grid.height,
-                judge.reference().grid_width,
-                judge.reference().grid_height
+                grid.width, grid.height, reference.grid_width, reference.grid_height
             )));
         }
-
-        let started = Instant::now();
-        let mut map = AnomalyMap::default();
-        let features = std::mem::take(&mut self.features);
-        self.score(&features, grid, judge.view(), judge.mask.as_deref(), &mut map);
-        self.features = features;
-        let score = map.max();
-        let threshold = judge.threshold();
-        let verdict = if score > threshold {
-            Verdict::Fail
-        } else {
-            Verdict::Pass
-        };
-        let regions = frame_regions(&map, threshold, &geometry, judge.settings().min_region_area);
-        let heatmap = match options.heatmap {
-            Some((format, max_size)) => Some(self.render(&map, &geometry, threshold, format, max_size)?),
-            None => None,
-        };
-        let postprocess = started.elapsed();
-        Ok(Inspection {
-            verdict,
-            score,
-            threshold,
-            normalized_score: score / threshold,
-            regions,
-            heatmap,
-            map,
-            geometry,
-            timings: Timings {
-                decode: Duration::ZERO,
-                preprocess,
-                inference,
-                postprocess,
-            },
-        })
+        Ok((grid, started.elapsed() / count as u32))
     }
+}
 
-    /// Renders the map as the requested heatmap, sized to the ROI or to
-    /// `max_size` on its longer side.
-    fn render(
-        &mut self,
-        map: &AnomalyMap,
-        geometry: &Geometry,
-        threshold: f32,
-        format: HeatmapFormat,
-        max_size: u32,
-    ) -> Result<HeatmapImage, EngineError> {
-        let roi = geometry.roi;
-        let (width, height) =
-            heatmap::output_size(roi.width as usize, roi.height as usize, max_size as usize);
-        let mut scores = vec![0.0; width * height];
-        resize_f32(
-            &mut Resizer::new(),
-            &map.data,
-            map.width,
-            map.height,
-            &mut scores,
-            width,
-            height,
-        );
-        let scale = heatmap::byte_scale(threshold);
-        let mut bytes = Vec::new();
-        heatmap::to_bytes(&scores, scale, &mut bytes);
-        let (data, media_type) = match format {
-            HeatmapFormat::RawU8 => (bytes, "application/octet-stream"),
-            HeatmapFormat::Png | HeatmapFormat::OverlayPng => {
-                let mut colored = Vec::new();
-                heatmap::colorize(&bytes, &mut colored);
-                if format == HeatmapFormat::OverlayPng {
-                    let base = roi_rgb(&self.image, roi, width, height)?;
-                    let mut blended = Vec::new();
-                    heatmap::blend(&base, &colored, OVERLAY_ALPHA, &mut blended);
-                    colored = blended;
-                }
-                let png = heatmap::encode_png(&colored, width, height)
-                    .map_err(|error| EngineError::Heatmap(error.to_string()))?;
-                (png, "image/png")
+/// A failure of the model run that every frame of a batch shares.
+#[derive(Debug, Clone)]
+enum SharedFailure {
+    Model(ModelError),
+    Mismatch(String),
+}
+
+impl From<ModelError> for SharedFailure {
+    fn from(error: ModelError) -> Self {
+        Self::Model(error)
+    }
+}
+
+impl From<SharedFailure> for EngineError {
+    fn from(failure: SharedFailure) -> Self {
+        match failure {
+            SharedFailure::Model(error) => Self::Model(error),
+            SharedFailure::Mismatch(reason) => Self::ReferenceMismatch(reason),
+        }
+    }
+}
+
+/// The verdict, regions and heatmap of one frame from its anomaly map.
+fn judgement(
+    judge: &Judge,
+    map: AnomalyMap,
+    geometry: Geometry,
+    image: &Image,
+    options: &InspectOptions,
+) -> Result<Inspection, EngineError> {
+    let score = map.max();
+    let threshold = judge.threshold();
+    let verdict = if score > threshold {
+        Verdict::Fail
+    } else {
+        Verdict::Pass
+    };
+    let regions = frame_regions(&map, threshold, &geometry, judge.settings().min_region_area);
+    let heatmap = match options.heatmap {
+        Some((format, max_size)) => Some(render(image, &map, &geometry, threshold, format, max_size)?),
+        None => None,
+    };
+    Ok(Inspection {
+        verdict,
+        score,
+        threshold,
+        normalized_score: score / threshold,
+        regions,
+        heatmap,
+        map,
+        geometry,
+        timings: Timings::default(),
+    })
+}
+
+/// Renders the map as the requested heatmap, sized to the ROI or to
+/// `max_size` on its longer side.
+fn render(
+    image: &Image,
+    map: &AnomalyMap,
+    geometry: &Geometry,
+    threshold: f32,
+    format: HeatmapFormat,
+    max_size: u32,
+) -> Result<HeatmapImage, EngineError> {
+    let roi = geometry.roi;
+    let (width, height) = heatmap::output_size(roi.width as usize, roi.height as usize, max_size as usize);
+    let mut scores = vec![0.0; width * height];
+    resize_f32(
+        &mut Resizer::new(),
+        &map.data,
+        map.width,
+        map.height,
+        &mut scores,
+        width,
+        height,
+    );
+    let scale = heatmap::byte_scale(threshold);
+    let mut bytes = Vec::new();
+    heatmap::to_bytes(&scores, scale, &mut bytes);
+    let (data, media_type) = match format {
+        HeatmapFormat::RawU8 => (bytes, "application/octet-stream"),
+        HeatmapFormat::Png | HeatmapFormat::OverlayPng => {
+            let mut colored = Vec::new();
+            heatmap::colorize(&bytes, &mut colored);
+            if format == HeatmapFormat::OverlayPng {
+                let base = roi_rgb(image, roi, width, height)?;
+                let mut blended = Vec::new();
+                heatmap::blend(&base, &colored, OVERLAY_ALPHA, &mut blended);
+                colored = blended;
             }
-        };
-        Ok(HeatmapImage {
-            width: width as u32,
-            height: height as u32,
-            data,
-            media_type,
-            scale,
-        })
-    }
+            let png = heatmap::encode_png(&colored, width, height)
+                .map_err(|error| EngineError::Heatmap(error.to_string()))?;
+            (png, "image/png")
+        }
+    };
+    Ok(HeatmapImage {
+        width: width as u32,
+        height: height as u32,
+        data,
+        media_type,
+        scale,
+    })
 }
 
 /// The ROI of `image` as packed RGB8, resized to `width` x `height`.

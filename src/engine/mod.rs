@@ -156,6 +156,7 @@ impl Engine {
             mean: normalization.mean,
             std: normalization.std,
         };
+        let threads = model.threads();
         Self {
             model,
             normalize,
@@ -164,7 +165,7 @@ impl Engine {
             image: Image::default(),
             input: Vec::new(),
             features: Vec::new(),
-            scratch: SearchScratch::default(),
+            scratch: SearchScratch::new(threads),
             patch_scores: Vec::new(),
             maps: MapBuilder::default(),
         }
@@ -260,11 +261,21 @@ impl Engine {
         mask: Option<&[f32]>,
         map: &mut AnomalyMap,
     ) {
-        self.patch_scores.resize(grid.width * grid.height, 0.0);
+        self.search(features, 1, grid, view);
+        self.build_map(0, grid, mask, map);
+    }
+
+    /// Writes the nearest-reference distance of every patch of `count`
+    /// images (NCHW `features` on `grid`) into `self.patch_scores`, image
+    /// after image. Global search takes all images in one pass over the bank.
+    fn search(&mut self, features: &[f32], count: usize, grid: Grid, view: MatchView<'_>) {
+        let cells = grid.width * grid.height;
+        self.patch_scores.resize(count * cells, 0.0);
         match view {
-            MatchView::Global(bank) => search::nearest_global(
+            MatchView::Global(bank) => search::nearest_global_batch(
                 features,
-                grid.width * grid.height,
+                count,
+                cells,
                 bank,
                 &mut self.scratch,
                 &mut self.patch_scores,
@@ -272,20 +283,26 @@ impl Engine {
             MatchView::Aligned {
                 references,
                 neighborhood,
-            } => search::nearest_aligned(
-                features,
-                references,
-                grid,
-                neighborhood,
-                &mut self.scratch,
-                &mut self.patch_scores,
-            ),
+            } => {
+                for (image, out) in features
+                    .chunks_exact(grid.len())
+                    .zip(self.patch_scores.chunks_exact_mut(cells))
+                {
+                    search::nearest_aligned(image, references, grid, neighborhood, &mut self.scratch, out);
+                }
+            }
         }
+    }
+
+    /// Builds image `index`'s anomaly map at the input size (grid x stride)
+    /// from its patch scores in `self.patch_scores`.
+    fn build_map(&mut self, index: usize, grid: Grid, mask: Option<&[f32]>, map: &mut AnomalyMap) {
+        let cells = grid.width * grid.height;
         let stride = self.stride();
         let (width, height) = (grid.width * stride, grid.height * stride);
         let mask = mask.filter(|m| m.len() == width * height);
         self.maps.build(
-            &self.patch_scores,
+            &self.patch_scores[index * cells..][..cells],
             grid.width,
             grid.height,
             width,

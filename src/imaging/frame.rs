@@ -189,13 +189,16 @@ fn decode_raw(frame: &RawFrame<'_>, limits: DecodeLimits, out: &mut Image) -> Re
     // Both fit in usize: `row` is at most `needed`, itself at most data.len(), and `stride` is a u32.
     let (row, stride) = (row as usize, stride as usize);
     let layout = format.layout();
-    prepare(out, width, height, layout.channels())?;
-    let out_row = out.row_bytes();
     if layout.is_copy() && stride == row {
-        let len = out.data.len();
-        out.data.copy_from_slice(&data[..len]);
+        // One copy, without zeroing the buffer first.
+        let len = row * height as usize;
+        out.data.clear();
+        out.data.extend_from_slice(&data[..len]);
+        (out.width, out.height, out.channels) = (width, height, layout.channels());
         return Ok(());
     }
+    prepare(out, width, height, layout.channels())?;
+    let out_row = out.row_bytes();
     for (dst, src) in out.data.chunks_exact_mut(out_row).zip(data.chunks(stride)) {
         convert(layout, &src[..row], dst);
     }

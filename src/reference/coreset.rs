@@ -55,8 +55,8 @@ pub fn select(features: &[f32], dims: usize, options: CoresetOptions) -> Vec<usi
 /// Projects `features` (`n` rows x `dims`) onto `out_dims` Gaussian random directions,
 /// deterministic from `seed`, scaled by `1/sqrt(out_dims)` so that squared distances
 /// are preserved in expectation (Johnson-Lindenstrauss). Returns `n` x `out_dims`,
-/// row-major; empty if `dims` or `out_dims` is 0. Runs on matrixmultiply's threaded
-/// sgemm.
+/// row-major; empty if `dims` or `out_dims` is 0. The rows are split over the
+/// machine's cores, one matrix product each.
 pub fn project(features: &[f32], dims: usize, out_dims: usize, seed: u64) -> Vec<f32> {
     let n = features.len().checked_div(dims).unwrap_or(0);
     if n == 0 || out_dims == 0 {
@@ -68,12 +68,34 @@ pub fn project(features: &[f32], dims: usize, out_dims: usize, seed: u64) -> Vec
         .map(|_| (rng.gaussian() * scale) as f32)
         .collect();
     let mut out = vec![0.0f32; n * out_dims];
-    // SAFETY: `features` holds at least n x dims values (row stride dims), `matrix`
-    // exactly dims x out_dims (row stride out_dims) and `out` exactly n x out_dims
-    // (row stride out_dims); all strides fit isize because the slices exist.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let rows_per_part = n.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (features, out) in features[..n * dims]
+            .chunks(rows_per_part * dims)
+            .zip(out.chunks_mut(rows_per_part * out_dims))
+        {
+            let matrix = &matrix;
+            scope.spawn(move || project_rows(features, dims, matrix, out_dims, out));
+        }
+    });
+    out
+}
+
+/// `out` = `features` (rows x `dims`) times `matrix` (`dims` x `out_dims`).
+fn project_rows(features: &[f32], dims: usize, matrix: &[f32], out_dims: usize, out: &mut [f32]) {
+    let rows = features.len() / dims;
+    assert!(
+        matrix.len() == dims * out_dims && out.len() == rows * out_dims,
+        "projection sizes; this is a bug"
+    );
+    // SAFETY: `features` holds rows x dims values (row stride dims), `matrix`
+    // exactly dims x out_dims (row stride out_dims) and `out` exactly rows x
+    // out_dims (row stride out_dims), as asserted; all strides fit isize
+    // because the slices exist.
     unsafe {
         matrixmultiply::sgemm(
-            n,
+            rows,
             dims,
             out_dims,
             1.0,
@@ -89,7 +111,6 @@ pub fn project(features: &[f32], dims: usize, out_dims: usize, seed: u64) -> Vec
             1,
         );
     }
-    out
 }
 
 /// The splitmix64 generator (Steele et al.): tiny, fast, and good enough for a

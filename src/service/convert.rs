@@ -46,7 +46,7 @@ pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<Re
             width: r.width,
             height: r.height,
         }),
-        mask_png: p.mask_png,
+        mask_png: p.mask_png.to_vec(),
         reference_size: or(p.reference_size, defaults.reference_size),
     })
 }
@@ -70,7 +70,7 @@ pub fn settings_to_proto(settings: &RecipeSettings) -> proto::RecipeSettings {
             width: r.width,
             height: r.height,
         }),
-        mask_png: settings.mask_png.clone(),
+        mask_png: settings.mask_png.clone().into(),
         reference_size: settings.reference_size,
         keep_aspect: settings.keep_aspect,
     }
@@ -140,7 +140,7 @@ pub fn inspection_to_proto(
         heatmap: inspection.heatmap.map(|h| proto::Heatmap {
             width: h.width,
             height: h.height,
-            data: h.data,
+            data: h.data.into(),
             media_type: h.media_type.to_owned(),
             scale: h.scale,
         }),

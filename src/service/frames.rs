@@ -2,6 +2,8 @@
 //! (no copy), the conversion from the proto message, and the lossless file
 //! form good frames are stored in.
 
+use bytes::Bytes;
+
 use crate::imaging::{FrameData, PixelFormat, RawFrame};
 use crate::proto;
 
@@ -24,10 +26,10 @@ pub enum OwnedFrame {
         /// Pixel layout.
         format: PixelFormat,
         /// Pixel bytes.
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// An encoded image file.
-    Encoded(Vec<u8>),
+    Encoded(Bytes),
 }
 
 impl OwnedFrame {
@@ -80,7 +82,7 @@ impl OwnedFrame {
     /// buffers behind a small header.
     pub fn to_stored(&self) -> Vec<u8> {
         match self {
-            Self::Encoded(bytes) => bytes.clone(),
+            Self::Encoded(bytes) => bytes.to_vec(),
             Self::Raw {
                 width,
                 height,
@@ -103,19 +105,20 @@ impl OwnedFrame {
     /// Reads what [`OwnedFrame::to_stored`] wrote.
     pub fn from_stored(bytes: Vec<u8>) -> Result<Self, String> {
         let Some(header) = bytes.strip_prefix(RAW_MAGIC) else {
-            return Ok(Self::Encoded(bytes));
+            return Ok(Self::Encoded(bytes.into()));
         };
         if header.len() < 13 {
             return Err("stored raw frame is truncated".into());
         }
         let word = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let format = code_format(header[12]).ok_or("stored raw frame has an unknown pixel format")?;
+        let (width, height, stride) = (word(0), word(4), word(8));
         Ok(Self::Raw {
-            width: word(0),
-            height: word(4),
-            stride: word(8),
+            width,
+            height,
+            stride,
             format,
-            data: header[13..].to_vec(),
+            data: Bytes::from(bytes).slice(RAW_MAGIC.len() + 13..),
         })
     }
 }
@@ -173,10 +176,10 @@ mod tests {
             height: 2,
             stride: 4,
             format: PixelFormat::Bgr8,
-            data: (0..8).collect(),
+            data: (0..8).collect::<Vec<u8>>().into(),
         };
         assert_eq!(OwnedFrame::from_stored(raw.to_stored()).unwrap(), raw);
-        let encoded = OwnedFrame::Encoded(b"\x89PNG...".to_vec());
+        let encoded = OwnedFrame::Encoded(Bytes::from_static(b"\x89PNG..."));
         assert_eq!(OwnedFrame::from_stored(encoded.to_stored()).unwrap(), encoded);
         assert!(OwnedFrame::from_stored(b"LOUPERAW\x01".to_vec()).is_err());
     }
@@ -193,7 +196,7 @@ mod tests {
                 height: 1,
                 stride: 0,
                 pixel_format: 0,
-                data: vec![0],
+                data: vec![0].into(),
             })),
         };
         let error = OwnedFrame::from_proto(Some(raw)).unwrap_err();

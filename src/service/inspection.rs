@@ -19,7 +19,7 @@ use super::ServiceError;
 use super::convert::{error_response, inspect_options, inspection_to_proto};
 use super::frames::OwnedFrame;
 use super::registry::Registry;
-use super::worker::{Job, Worker};
+use super::worker::{InspectJob, Job, Worker};
 
 /// Frames of one stream being worked on at once; later ones wait (the
 /// client's flow control holds them back).
@@ -116,14 +116,14 @@ impl Inspector {
         .map_err(|error| ServiceError::Engine(error.into()))?;
 
         let (reply, answer) = oneshot::channel();
-        self.worker.submit(Job::Inspect {
+        self.worker.submit(Job::Inspect(InspectJob {
             judge,
             image,
             options,
             queued: Instant::now(),
             deadline,
             reply,
-        })?;
+        }))?;
         let answer = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), answer)
                 .await

@@ -5,6 +5,7 @@ pub mod convert;
 mod error;
 mod frames;
 mod inspection;
+mod queue;
 mod recipes;
 mod registry;
 mod worker;
@@ -39,6 +40,10 @@ const WARM_UP_SIZE: usize = 256;
 
 /// HTTP/2 flow-control window per stream, bytes: several full frames.
 pub const FLOW_WINDOW: u32 = 16 << 20;
+
+/// Largest HTTP/2 DATA frame a client may send: 1 MiB rather than the
+/// default 16 KiB cuts a 3 MB camera frame into 3 frames, not 192.
+pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Why the service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,7 @@ pub async fn serve(
     let threads = config.engine.threads;
     let worker = Worker::spawn(
         config.limits.max_pending,
+        config.max_batch,
         move || {
             let started = std::time::Instant::now();
             let mut model = FeatureModel::load(&runtime, &source, threads)?;
@@ -183,6 +189,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .initial_stream_window_size(FLOW_WINDOW)
         .initial_connection_window_size(2 * FLOW_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(inspection)

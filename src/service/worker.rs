@@ -13,25 +13,12 @@ use crate::imaging::Image;
 use crate::reference::Reference;
 
 use super::frames::OwnedFrame;
+use super::queue::{Batchable, Queue};
 
 /// Work for the engine thread.
 pub enum Job {
     /// Judge a decoded frame.
-    Inspect {
-        /// The recipe, as it was when the request arrived.
-        judge: Arc<Judge>,
-        /// The decoded frame.
-        image: Image,
-        /// Heatmap and other options.
-        options: InspectOptions,
-        /// When the job was queued.
-        queued: Instant,
-        /// Past this instant the work is dropped.
-        deadline: Option<Instant>,
-        /// The answer, the time spent waiting, and the image buffer back
-        /// for reuse.
-        reply: oneshot::Sender<Result<(Inspection, Duration, Image), JobError>>,
-    },
+    Inspect(InspectJob),
     /// Build a reference from good frames.
     Enroll {
         /// The recipe settings.
@@ -43,10 +30,39 @@ pub enum Job {
     },
 }
 
+/// A decoded frame to judge.
+pub struct InspectJob {
+    /// The recipe, as it was when the request arrived.
+    pub judge: Arc<Judge>,
+    /// The decoded frame.
+    pub image: Image,
+    /// Heatmap and other options.
+    pub options: InspectOptions,
+    /// When the job was queued.
+    pub queued: Instant,
+    /// Past this instant the work is dropped.
+    pub deadline: Option<Instant>,
+    /// The answer, the time spent waiting, and the image buffer back for
+    /// reuse.
+    pub reply: oneshot::Sender<Result<(Inspection, Duration, Image), JobError>>,
+}
+
+/// Frames of the same recipe object and size share a model run.
+impl Batchable for Job {
+    type Key = (*const Judge, u32, u32);
+
+    fn key(&self) -> Option<Self::Key> {
+        match self {
+            Self::Inspect(job) => Some((Arc::as_ptr(&job.judge), job.image.width, job.image.height)),
+            Self::Enroll { .. } => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Inspect { .. } => f.write_str("Job::Inspect"),
+            Self::Inspect(_) => f.write_str("Job::Inspect"),
             Self::Enroll { frames, .. } => write!(f, "Job::Enroll({} frames)", frames.len()),
         }
     }
@@ -89,9 +105,16 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the engine thread. `make_engine` runs on that thread (model
-    /// load and warm-up); its result is sent to `ready`.
-    pub fn spawn<F>(queue: usize, make_engine: F, ready: oneshot::Sender<Result<(), EngineError>>) -> Self
+    /// Starts the engine thread with room for `queue` waiting jobs, judging
+    /// up to `max_batch` waiting frames of one recipe in one model run.
+    /// `make_engine` runs on that thread (model load and warm-up); its
+    /// result is sent to `ready`.
+    pub fn spawn<F>(
+        queue: usize,
+        max_batch: usize,
+        make_engine: F,
+        ready: oneshot::Sender<Result<(), EngineError>>,
+    ) -> Self
     where
         F: FnOnce() -> Result<Engine, EngineError> + Send + 'static,
     {
@@ -101,7 +124,7 @@ impl Worker {
             .spawn(move || match make_engine() {
                 Ok(engine) => {
                     let _ = ready.send(Ok(()));
-                    run(engine, &receiver);
+                    run(engine, &receiver, queue.max(1), max_batch);
                 }
                 Err(error) => {
                     let _ = ready.send(Err(error));
@@ -120,41 +143,74 @@ impl Worker {
     }
 }
 
-fn run(mut engine: Engine, jobs: &Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
-        match job {
-            Job::Inspect {
-                judge,
-                mut image,
-                options,
-                queued,
-                deadline,
-                reply,
-            } => {
-                let waited = queued.elapsed();
-                if reply.is_closed() {
-                    continue;
-                }
-                let result = if deadline.is_some_and(|d| Instant::now() >= d) {
-                    Err(JobError::DeadlineExceeded(waited))
-                } else {
-                    engine
-                        .inspect_image(&judge, &mut image, &options)
-                        .map(|inspection| (inspection, waited, image))
-                        .map_err(JobError::from)
-                };
-                let _ = reply.send(result);
-            }
-            Job::Enroll {
-                settings,
-                frames,
-                reply,
-            } => {
-                let _ = reply.send(enroll(&mut engine, &settings, &frames));
+fn run(mut engine: Engine, jobs: &Receiver<Job>, capacity: usize, max_batch: usize) {
+    let mut queue = Queue::default();
+    loop {
+        if queue.is_empty() {
+            match jobs.recv() {
+                Ok(job) => queue.push(job),
+                Err(_) => break,
             }
         }
+        // Everything that arrived meanwhile, so that frames waiting for the
+        // same recipe are judged together.
+        while queue.len() < capacity {
+            match jobs.try_recv() {
+                Ok(job) => queue.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut inspections = Vec::new();
+        for job in queue.next_batch(max_batch) {
+            match job {
+                Job::Inspect(job) => inspections.push(job),
+                Job::Enroll {
+                    settings,
+                    frames,
+                    reply,
+                } => {
+                    let _ = reply.send(enroll(&mut engine, &settings, &frames));
+                }
+            }
+        }
+        inspect(&mut engine, inspections);
     }
     tracing::debug!("engine thread stopped");
+}
+
+/// Judges frames of one recipe and size together; those whose client left
+/// or whose deadline passed are dropped first.
+fn inspect(engine: &mut Engine, jobs: Vec<InspectJob>) {
+    let now = Instant::now();
+    let mut live = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let waited = now - job.queued;
+        if job.reply.is_closed() {
+            continue;
+        }
+        if job.deadline.is_some_and(|deadline| now >= deadline) {
+            let _ = job.reply.send(Err(JobError::DeadlineExceeded(waited)));
+            continue;
+        }
+        live.push((job, waited));
+    }
+    let Some((first, _)) = live.first() else {
+        return;
+    };
+    let judge = first.judge.clone();
+    let mut images = Vec::with_capacity(live.len());
+    let mut options = Vec::with_capacity(live.len());
+    for (job, _) in &mut live {
+        images.push(std::mem::take(&mut job.image));
+        options.push(job.options);
+    }
+    let results = engine.inspect_images(&judge, &images, &options);
+    for (((job, waited), image), result) in live.into_iter().zip(images).zip(results) {
+        let answer = result
+            .map(|inspection| (inspection, waited, image))
+            .map_err(JobError::from);
+        let _ = job.reply.send(answer);
+    }
 }
 
 fn enroll(

@@ -34,6 +34,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
             threads: 2,
         },
         limits: Limits::default(),
+        max_batch: loupe::config::DEFAULT_MAX_BATCH,
         shutdown_grace: std::time::Duration::from_secs(5),
     }
 }
