@@ -1,16 +1,20 @@
 //! Engine hot paths: the nearest-neighbour search alone (global bank of the
 //! default size, aligned with 10 references), and the whole engine call on a
 //! 1024x1024 RGB8 raw frame at the default 256x256 input, global and
-//! aligned. Needs the ONNX Runtime set-up (`make setup`).
+//! aligned; and batching (two images in one search, two frames in one
+//! model run) against one at a time. Needs the ONNX Runtime set-up
+//! (`make setup`).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, MatchMode, RecipeSettings};
-use loupe::imaging::{DecodeLimits, FrameData, PixelFormat, RawFrame};
+use loupe::imaging::{self, DecodeLimits, FrameData, Image, PixelFormat, RawFrame};
 use loupe::model::{FeatureModel, ModelSource};
 use loupe::runtime::{Lookup, load};
-use loupe::scoring::search::{Bank, Grid, SearchScratch, nearest_aligned, nearest_global};
+use loupe::scoring::search::{
+    Bank, Grid, SearchScratch, nearest_aligned, nearest_global, nearest_global_batch,
+};
 
 const FRAME: usize = 1024;
 
@@ -56,10 +60,27 @@ fn search(c: &mut Criterion) {
     let (channels, patches) = (152, 32 * 32);
     let query = uniform(channels * patches, 1);
     let bank = Bank::new(uniform(8192 * channels, 2), channels);
-    let mut scratch = SearchScratch::default();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut scratch = SearchScratch::new(threads);
     let mut out = vec![0.0; patches];
     group.bench_function("global_8192x152_1024_patches", |b| {
         b.iter(|| nearest_global(black_box(&query), patches, &bank, &mut scratch, &mut out))
+    });
+    // Two images' patches in one pass over the bank, against two passes.
+    let pair = uniform(2 * channels * patches, 4);
+    let mut pair_out = vec![0.0; 2 * patches];
+    group.bench_function("global_two_images_one_pass", |b| {
+        b.iter(|| nearest_global_batch(black_box(&pair), 2, patches, &bank, &mut scratch, &mut pair_out))
+    });
+    group.bench_function("global_two_images_two_passes", |b| {
+        b.iter(|| {
+            for (image, out) in pair
+                .chunks_exact(channels * patches)
+                .zip(pair_out.chunks_exact_mut(patches))
+            {
+                nearest_global(black_box(image), patches, &bank, &mut scratch, out);
+            }
+        })
     });
     let grid = Grid {
         channels,
@@ -102,6 +123,31 @@ fn whole_engine(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        if mode == MatchMode::Global {
+            // What the service's batching does with two waiting frames
+            // (decoded already), against judging them one after the other.
+            let images: Vec<Image> = [&test, &goods[0]]
+                .iter()
+                .map(|rgb| {
+                    let mut image = Image::default();
+                    imaging::decode(frame(rgb), DecodeLimits::default(), &mut image).unwrap();
+                    image
+                })
+                .collect();
+            let options = [InspectOptions::default(); 2];
+            group.bench_function("global_two_decoded_frames_one_batch", |b| {
+                b.iter(|| engine.inspect_images(&judge, black_box(&images), &options))
+            });
+            group.bench_function("global_two_decoded_frames_one_by_one", |b| {
+                b.iter(|| {
+                    for image in &images {
+                        engine
+                            .inspect_image(&judge, black_box(image), &options[0])
+                            .unwrap();
+                    }
+                })
+            });
+        }
     }
     group.finish();
 }
