@@ -189,6 +189,56 @@ async fn streams_answer_in_order_and_survive_a_bad_frame() {
     server.stop().await.unwrap();
 }
 
+/// Frames that wait together are judged together (batches of the same
+/// recipe, with another recipe's frames between them): each answer must
+/// still be its own frame's, as it is when the frame comes alone.
+#[tokio::test]
+async fn frames_in_flight_together_each_get_their_own_answer() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+    enroll(&mut recipes, "left").await;
+    enroll(&mut recipes, "right").await;
+    let frames = [texture(100, 0.3, 1.1), scratched(), texture(101, 1.3, 0.2)];
+    let mut alone = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        let response = inspection
+            .inspect(request("left", raw(frame.clone()), &i.to_string()))
+            .await
+            .unwrap()
+            .into_inner();
+        alone.push((response.verdict, response.score));
+    }
+    assert_eq!(alone[1].0, Verdict::Fail as i32);
+
+    let requests: Vec<InspectRequest> = (0..12)
+        .map(|i| {
+            let recipe = if i % 4 < 2 { "left" } else { "right" };
+            request(recipe, raw(frames[i % 3].clone()), &format!("{i}"))
+        })
+        .collect();
+    let mut stream = inspection
+        .inspect_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = 0;
+    while let Some(response) = stream.message().await.unwrap() {
+        let i: usize = response.frame_id.parse().unwrap();
+        assert_eq!(i, answered, "answers in request order");
+        let (verdict, score) = alone[i % 3];
+        assert_eq!(response.verdict, verdict, "frame {i}");
+        assert!(
+            (response.score - score).abs() <= 1e-3 * score,
+            "frame {i}: {} in the stream, {score} alone",
+            response.score
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 12);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn every_status_code_the_contract_names() {
     let data = tempfile::tempdir().unwrap();
