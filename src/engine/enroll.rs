@@ -86,7 +86,7 @@ impl Engine {
     ) -> Result<Features, EngineError> {
         self.decode(frame)?;
         let (geometry, _) = self.preprocess(settings)?;
-        let (grid, _) = self.infer(geometry.input_width, geometry.input_height)?;
+        let (grid, _) = self.infer(1, geometry.input_width, geometry.input_height)?;
         Ok(Features {
             data: self.features.clone(),
             grid,
@@ -235,7 +235,7 @@ impl Engine {
         let mut scores = Vec::with_capacity(variants.len());
         for variant in variants {
             self.input = variant;
-            let (grid, _) = self.infer(*width, *height)?;
+            let (grid, _) = self.infer(1, *width, *height)?;
             let features = Features {
                 data: self.features.clone(),
                 grid,

@@ -284,20 +284,7 @@ impl Engine {
         width: u32,
         height: u32,
     ) -> Result<(Grid, Duration), SharedFailure> {
-        let started = Instant::now();
-        let plane = 3 * width as usize * height as usize;
-        let shape = self.model.run(
-            &self.input[..count * plane],
-            count,
-            height as usize,
-            width as usize,
-            &mut self.features,
-        )?;
-        let grid = Grid {
-            channels: shape.channels,
-            width: shape.width,
-            height: shape.height,
-        };
+        let (grid, elapsed) = self.infer(count, width, height)?;
         let reference = judge.reference();
         let reference_grid = (reference.grid_width as usize, reference.grid_height as usize);
         if judge.settings().match_mode == super::MatchMode::Aligned
@@ -308,7 +295,7 @@ impl Engine {
                 grid.width, grid.height, reference.grid_width, reference.grid_height
             )));
         }
-        Ok((grid, started.elapsed() / count as u32))
+        Ok((grid, elapsed / count as u32))
     }
 }
 

@@ -232,17 +232,15 @@ impl Engine {
         Ok((geometry, started.elapsed()))
     }
 
-    /// Runs the model on the input tensor (one image); features land in
-    /// `self.features`. Returns the grid.
-    fn infer(&mut self, width: u32, height: u32) -> Result<(Grid, Duration), EngineError> {
+    /// Runs the model on the first `count` images of the input tensor;
+    /// features land in `self.features`. Returns the grid and the time.
+    fn infer(&mut self, count: usize, width: u32, height: u32) -> Result<(Grid, Duration), ModelError> {
         let started = Instant::now();
-        let shape = self.model.run(
-            &self.input,
-            1,
-            height as usize,
-            width as usize,
-            &mut self.features,
-        )?;
+        let plane = 3 * width as usize * height as usize;
+        let input = self.input.get(..count * plane).unwrap_or(&self.input);
+        let shape = self
+            .model
+            .run(input, count, height as usize, width as usize, &mut self.features)?;
         let grid = Grid {
             channels: shape.channels,
             width: shape.width,
