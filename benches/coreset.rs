@@ -1,23 +1,13 @@
 //! Coreset selection at the default recipe's scale: 51,200 patches of 152 channels
 //! (e.g. 200 images x 16x16 cells) down to 5,120, with a 64-dimension projection.
 
+mod support;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use loupe::reference::coreset::{CoresetOptions, project, select};
-
-/// Uniform values in [0, 1), from xorshift64: no `rand` dependency.
-fn uniform(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
-}
+use support::uniform;
 
 fn coreset(c: &mut Criterion) {
     let (rows, dims) = (51_200, 152);

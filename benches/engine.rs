@@ -5,55 +5,19 @@
 //! model run) against one at a time. Needs the ONNX Runtime set-up
 //! (`make setup`).
 
+mod support;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, MatchMode, RecipeSettings};
-use loupe::imaging::{self, DecodeLimits, FrameData, Image, PixelFormat, RawFrame};
+use loupe::imaging::{self, DecodeLimits, Image};
 use loupe::model::{FeatureModel, ModelSource};
 use loupe::runtime::{Lookup, load};
 use loupe::scoring::search::{
     Bank, Grid, SearchScratch, nearest_aligned, nearest_global, nearest_global_batch,
 };
-
-const FRAME: usize = 1024;
-
-fn uniform(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
-}
-
-/// A textured 1024 x 1024 RGB8 part, shifted by `shift` pixels.
-fn part(seed: u64, shift: f32) -> Vec<u8> {
-    let noise = uniform(FRAME * FRAME, seed);
-    let mut rgb = Vec::with_capacity(FRAME * FRAME * 3);
-    for y in 0..FRAME {
-        for x in 0..FRAME {
-            let (fx, fy) = (x as f32 + shift, y as f32);
-            let v = 128.0 + 40.0 * (fx * 0.1).sin() * (fy * 0.11).cos() + 12.0 * (noise[y * FRAME + x] - 0.5);
-            let v = v as u8;
-            rgb.extend_from_slice(&[v, v / 2, 255 - v]);
-        }
-    }
-    rgb
-}
-
-fn frame(rgb: &[u8]) -> FrameData<'_> {
-    FrameData::Raw(RawFrame {
-        width: FRAME as u32,
-        height: FRAME as u32,
-        stride: 0,
-        format: PixelFormat::Rgb8,
-        data: rgb,
-    })
-}
+use support::{frame, part, uniform};
 
 fn search(c: &mut Criterion) {
     let mut group = c.benchmark_group("search");

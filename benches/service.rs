@@ -10,42 +10,27 @@
 //!
 //! Run: `cargo bench --bench service`.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use loupe::config::{DEFAULT_MAX_BATCH, EngineConfig, Limits, ServeConfig};
 use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, RecipeSettings};
-use loupe::imaging::{DecodeLimits, FrameData, PixelFormat, RawFrame};
+use loupe::imaging::DecodeLimits;
 use loupe::model::{FeatureModel, ModelSource};
 use loupe::proto::inspection_client::InspectionClient;
 use loupe::proto::recipes_client::RecipesClient;
 use loupe::proto::{self, AddReferencesRequest, CreateRecipeRequest, InspectRequest, RawImage};
 use loupe::runtime::{Lookup, Runtime, load};
+use support::{FRAME, frame, part};
 use tonic::transport::Channel;
 
-const FRAME: usize = 1024;
 const GOODS: u64 = 20;
 /// Frames per side per round.
 const RUNS: usize = 100;
 const ROUNDS: usize = 3;
 /// Frames a stream keeps in flight.
 const IN_FLIGHT: usize = 4;
-
-fn part(seed: u64, shift: f32) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut rgb = Vec::with_capacity(FRAME * FRAME * 3);
-    for y in 0..FRAME {
-        for x in 0..FRAME {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let noise = (state >> 40) as f32 / (1u64 << 24) as f32;
-            let (fx, fy) = (x as f32 + shift, y as f32);
-            let v = (128.0 + 40.0 * (fx * 0.1).sin() * (fy * 0.11).cos() + 12.0 * (noise - 0.5)) as u8;
-            rgb.extend_from_slice(&[v, v / 2, 255 - v]);
-        }
-    }
-    rgb
-}
 
 fn raw_frame(rgb: &[u8]) -> proto::Frame {
     proto::Frame {
@@ -57,16 +42,6 @@ fn raw_frame(rgb: &[u8]) -> proto::Frame {
             data: rgb.to_vec().into(),
         })),
     }
-}
-
-fn engine_frame(rgb: &[u8]) -> FrameData<'_> {
-    FrameData::Raw(RawFrame {
-        width: FRAME as u32,
-        height: FRAME as u32,
-        stride: 0,
-        format: PixelFormat::Rgb8,
-        data: rgb,
-    })
 }
 
 fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
@@ -91,7 +66,7 @@ impl Direct {
         let settings = RecipeSettings::default();
         let mut enrollment = Enrollment::new();
         for good in goods {
-            enrollment.add(engine.extract(&settings, engine_frame(good)).unwrap());
+            enrollment.add(engine.extract(&settings, frame(good)).unwrap());
         }
         let reference = engine.build_reference(&settings, &enrollment).unwrap();
         let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
@@ -105,7 +80,7 @@ impl Direct {
             .map(|_| {
                 let t = Instant::now();
                 self.engine
-                    .inspect(&self.judge, engine_frame(test), &InspectOptions::default())
+                    .inspect(&self.judge, frame(test), &InspectOptions::default())
                     .unwrap();
                 t.elapsed()
             })
