@@ -12,9 +12,9 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, MatchMode, RecipeSettings};
 use loupe::imaging::{self, DecodeLimits, Image};
-use loupe::model::{FeatureModel, ModelSource};
+use loupe::model::{self, Device, ModelConfig};
 use loupe::runtime::{Lookup, load};
-use loupe::scoring::search::{
+use loupe::scoring::nearest::{
     Bank, Grid, SearchScratch, nearest_aligned, nearest_global, nearest_global_batch,
 };
 use support::{frame, part, uniform};
@@ -60,7 +60,12 @@ fn search(c: &mut Criterion) {
 
 fn whole_engine(c: &mut Criterion) {
     let runtime = load(&Lookup::from_process(None)).expect("run `make setup` first");
-    let model = FeatureModel::load(&runtime, &ModelSource::bundled().unwrap(), 2).unwrap();
+    let config = ModelConfig {
+        path: None,
+        threads: 2,
+        device: Device::Cpu,
+    };
+    let model = model::load(&runtime, &config).unwrap().extractor;
     let mut engine = Engine::new(model, DecodeLimits::default());
     let goods: Vec<Vec<u8>> = (0..20).map(|i| part(i + 1, i as f32 * 0.7)).collect();
     let test = part(99, 0.3);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use loupe::config::{DEFAULT_MAX_BATCH, EngineConfig, Limits, ServeConfig};
 use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, RecipeSettings};
 use loupe::imaging::DecodeLimits;
-use loupe::model::{FeatureModel, ModelSource};
+use loupe::model::{self, Device, ModelConfig};
 use loupe::proto::inspection_client::InspectionClient;
 use loupe::proto::recipes_client::RecipesClient;
 use loupe::proto::{self, AddReferencesRequest, CreateRecipeRequest, InspectRequest, RawImage};
@@ -61,7 +61,7 @@ struct Direct {
 
 impl Direct {
     fn new(runtime: &Runtime, goods: &[Vec<u8>]) -> Self {
-        let model = FeatureModel::load(runtime, &ModelSource::bundled().unwrap(), 2).unwrap();
+        let model = model::load(runtime, &bundled_model()).unwrap().extractor;
         let mut engine = Engine::new(model, DecodeLimits::default());
         let settings = RecipeSettings::default();
         let mut enrollment = Enrollment::new();
@@ -89,11 +89,20 @@ impl Direct {
     }
 }
 
+/// The bundled model on 2 threads, on the CPU.
+fn bundled_model() -> ModelConfig {
+    ModelConfig {
+        path: None,
+        threads: 2,
+        device: Device::Cpu,
+    }
+}
+
 /// A server on loopback with a recipe taught the good frames.
 struct Served {
     inspection: InspectionClient<Channel>,
     stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<Result<(), loupe::service::ServeError>>,
+    server: tokio::task::JoinHandle<Result<(), loupe::serve::ServeError>>,
     _data: tempfile::TempDir,
 }
 
@@ -105,8 +114,7 @@ impl Served {
             data_dir: data.path().to_path_buf(),
             engine: EngineConfig {
                 onnxruntime: None,
-                model: None,
-                threads: 2,
+                model: bundled_model(),
             },
             limits: Limits::default(),
             max_batch,
@@ -115,7 +123,7 @@ impl Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(loupe::service::serve(
+        let server = tokio::spawn(loupe::serve::serve(
             config,
             runtime.clone(),
             listener,
@@ -125,8 +133,8 @@ impl Served {
         ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
-            .initial_stream_window_size(loupe::service::FLOW_WINDOW)
-            .initial_connection_window_size(2 * loupe::service::FLOW_WINDOW)
+            .initial_stream_window_size(loupe::grpc::FLOW_WINDOW)
+            .initial_connection_window_size(2 * loupe::grpc::FLOW_WINDOW)
             .connect()
             .await
             .unwrap();

@@ -414,6 +414,7 @@ def make_manifest(onnx_bytes, pth_bytes, taps):
     """The manifest Loupe reads next to the .onnx."""
     return {
         "name": MODEL_NAME,
+        "kind": "patch_features",
         "file": ONNX_FILE,
         "sha256": sha256_hex(onnx_bytes),
         "format_version": 1,

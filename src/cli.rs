@@ -10,9 +10,9 @@ use tonic::transport::Channel;
 use crate::config::{InspectArgs, RecipeAction, RecipeArgs};
 use crate::engine::RecipeSettings;
 use crate::proto;
+use crate::proto::convert::{encoded_frame, settings_from_proto, settings_to_proto};
 use crate::proto::inspection_client::InspectionClient;
 use crate::proto::recipes_client::RecipesClient;
-use crate::service::convert::{settings_from_proto, settings_to_proto};
 
 async fn connect(server: &str) -> Result<Channel> {
     Channel::from_shared(server.to_owned())
@@ -28,12 +28,7 @@ fn status(error: tonic::Status) -> anyhow::Error {
 }
 
 fn print_recipe(recipe: &proto::Recipe) {
-    let settings = recipe.settings.clone().unwrap_or_default();
-    let mode = if settings.match_mode == proto::MatchMode::Aligned as i32 {
-        "aligned"
-    } else {
-        "global"
-    };
+    let settings = settings_from_proto(recipe.settings.clone()).unwrap_or_default();
     println!(
         "{}  revision {}  references {}  threshold {:.4}  input {}x{}  mode {}",
         recipe.name,
@@ -42,7 +37,7 @@ fn print_recipe(recipe: &proto::Recipe) {
         recipe.threshold,
         settings.input_width,
         settings.input_height,
-        mode
+        settings.match_mode
     );
 }
 
@@ -115,7 +110,7 @@ pub async fn recipe(args: RecipeArgs) -> Result<()> {
             for (index, file) in files.iter().enumerate() {
                 messages.push(proto::AddReferencesRequest {
                     recipe: if index == 0 { name.clone() } else { String::new() },
-                    frame: Some(encoded_frame(file)?),
+                    frame: Some(read_frame(file)?),
                     replace: index == 0 && replace,
                 });
             }
@@ -129,11 +124,9 @@ pub async fn recipe(args: RecipeArgs) -> Result<()> {
     Ok(())
 }
 
-fn encoded_frame(file: &Path) -> Result<proto::Frame> {
+fn read_frame(file: &Path) -> Result<proto::Frame> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    Ok(proto::Frame {
-        image: Some(proto::frame::Image::Encoded(bytes.into())),
-    })
+    Ok(encoded_frame(bytes))
 }
 
 /// Runs `loupe inspect`.
@@ -152,7 +145,7 @@ pub async fn inspect(args: InspectArgs) -> Result<()> {
         });
         let request = proto::InspectRequest {
             recipe: args.recipe.clone(),
-            frame: Some(encoded_frame(file)?),
+            frame: Some(read_frame(file)?),
             frame_id: file.display().to_string(),
             heatmap,
         };

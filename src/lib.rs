@@ -1,18 +1,25 @@
 //! Loupe: visual quality inspection against a golden reference.
 //!
-//! Layers, with arrows pointing one way: [`service`] (gRPC transport) calls
-//! the engine, which calls [`model`] (ONNX Runtime). [`runtime`] finds and
-//! loads the ONNX Runtime library; [`config`] turns flags into settings.
+//! Layers, arrows pointing down: transport ([`grpc`]; [`proto`] converts its
+//! messages) -> server core ([`server`]: admission, batching, worker,
+//! recipes, [`store`], events) -> [`engine`] (sync: enroll, judge; over
+//! [`imaging`], [`scoring`], [`mod@reference`]) -> [`model`] (a trait, ONNX
+//! Runtime behind it). A new front end goes beside [`grpc`] and is wired up
+//! in [`serve`]; a new model kind or device goes in [`model`].
+//! [`runtime`] finds the ONNX Runtime library; [`config`] turns flags into
+//! configuration; [`cli`] and [`mod@bench`] are clients of the API and the engine.
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod grpc;
 pub mod imaging;
 pub mod model;
 pub mod proto;
 pub mod reference;
 pub mod runtime;
 pub mod scoring;
-pub mod service;
+pub mod serve;
+pub mod server;
 pub mod store;

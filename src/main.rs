@@ -102,10 +102,10 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|error| setup(format!("cannot listen on {}: {error}", config.listen)))?;
-        loupe::service::serve(config, runtime, listener, loupe::service::shutdown_signal())
+        loupe::serve::serve(config, runtime, listener, loupe::serve::shutdown_signal())
             .await
             .map_err(|error| match error {
-                loupe::service::ServeError::Model(error) => setup(error),
+                loupe::serve::ServeError::Model(error) => setup(error),
                 other => Failure::Other(other.into()),
             })
     })

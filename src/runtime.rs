@@ -16,7 +16,7 @@ pub const SETUP_DIR: &str = ".loupe/onnxruntime";
 pub const FIX_HINT: &str = "run `make setup` in the Loupe checkout, or pass --onnxruntime PATH";
 
 /// The oldest runtime this build can drive: `ort` asks for API version
-/// `ort::MINOR_VERSION`, which ONNX Runtime 1.<that> introduced.
+/// `ort::MINOR_VERSION`, which ONNX Runtime 1.x introduced.
 pub const MIN_MINOR_VERSION: u32 = ort::MINOR_VERSION;
 
 /// Where a candidate path came from, in lookup order.

@@ -3,75 +3,14 @@
 
 mod common;
 
-use common::{PART_SIZE, TestServer, scratch, texture};
+use common::{TestServer, clients, enroll, raw, request, scratched, texture};
 use loupe::proto::inspection_client::InspectionClient;
-use loupe::proto::recipes_client::RecipesClient;
 use loupe::proto::{
-    self, AddReferencesRequest, CreateRecipeRequest, DeleteRecipeRequest, Frame, GetRecipeRequest,
-    HeatmapFormat, HeatmapOptions, InspectRequest, InspectResponse, ListRecipesRequest, PixelFormat,
-    RawImage, RecipeSettings, UpdateRecipeRequest, Verdict,
+    self, CreateRecipeRequest, DeleteRecipeRequest, Frame, GetRecipeRequest, HeatmapFormat, HeatmapOptions,
+    InspectRequest, InspectResponse, ListRecipesRequest, PixelFormat, RawImage, RecipeSettings,
+    UpdateRecipeRequest, Verdict,
 };
 use tonic::Code;
-use tonic::transport::Channel;
-
-fn raw(rgb: Vec<u8>) -> Frame {
-    Frame {
-        image: Some(proto::frame::Image::Raw(RawImage {
-            width: PART_SIZE as u32,
-            height: PART_SIZE as u32,
-            stride: 0,
-            pixel_format: PixelFormat::Rgb8 as i32,
-            data: rgb.into(),
-        })),
-    }
-}
-
-fn request(recipe: &str, frame: Frame, frame_id: &str) -> InspectRequest {
-    InspectRequest {
-        recipe: recipe.to_owned(),
-        frame: Some(frame),
-        frame_id: frame_id.to_owned(),
-        heatmap: None,
-    }
-}
-
-async fn clients(server: &TestServer) -> (RecipesClient<Channel>, InspectionClient<Channel>) {
-    let channel = server.channel().await;
-    (
-        RecipesClient::new(channel.clone()).max_encoding_message_size(64 << 20),
-        InspectionClient::new(channel).max_encoding_message_size(64 << 20),
-    )
-}
-
-/// Creates recipe `name` and enrolls five good textures in two messages
-/// per frame style (recipe named only in the first).
-async fn enroll(recipes: &mut RecipesClient<Channel>, name: &str) -> proto::Recipe {
-    recipes
-        .create_recipe(CreateRecipeRequest {
-            name: name.to_owned(),
-            settings: None,
-        })
-        .await
-        .unwrap();
-    let messages: Vec<AddReferencesRequest> = (0..5)
-        .map(|i| AddReferencesRequest {
-            recipe: if i == 0 { name.to_owned() } else { String::new() },
-            frame: Some(raw(texture(i + 1, i as f32 * 1.7, i as f32 * 0.9))),
-            replace: false,
-        })
-        .collect();
-    recipes
-        .add_references(tokio_stream::iter(messages))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-fn scratched() -> Vec<u8> {
-    let mut rgb = texture(200, 0.5, 0.5);
-    scratch(&mut rgb, 90, 120, 60);
-    rgb
-}
 
 fn overlaps_scratch(response: &InspectResponse) -> bool {
     response

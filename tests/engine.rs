@@ -9,14 +9,12 @@ use loupe::engine::{
     Engine, Enrollment, InspectOptions, Inspection, Judge, MatchMode, RecipeSettings, Verdict,
 };
 use loupe::imaging::{self, DecodeLimits, FrameData, Image, PixelFormat, RawFrame};
-use loupe::model::{FeatureModel, ModelSource};
 
 /// Boards are larger, so their two holes sit far from every border.
 const BOARD: usize = 512;
 
 fn engine() -> Engine {
-    let model = FeatureModel::load(&common::runtime(), &ModelSource::bundled().unwrap(), 2).unwrap();
-    Engine::new(model, DecodeLimits::default())
+    Engine::new(common::bundled_model(2), DecodeLimits::default())
 }
 
 use common::{scratch, texture};

@@ -4,12 +4,12 @@
 
 mod common;
 
-use loupe::model::{FeatureModel, ModelError, ModelSource, sha256_hex};
+use loupe::model::{Device, FeatureExtractor, ModelError, ModelSource, OnnxFeatureModel, sha256_hex};
 
 #[test]
 fn the_bundled_model_loads_and_yields_stride_8_features() {
     let source = ModelSource::bundled().unwrap();
-    let mut model = FeatureModel::load(&common::runtime(), &source, 1).unwrap();
+    let mut model = OnnxFeatureModel::load(&common::runtime(), &source, 1, Device::Cpu).unwrap();
     let (width, height) = (96, 64);
     let input = vec![0.5_f32; 3 * width * height];
     let mut features = Vec::new();
@@ -22,7 +22,7 @@ fn the_bundled_model_loads_and_yields_stride_8_features() {
 #[test]
 fn sizes_that_are_not_multiples_of_16_are_refused() {
     let source = ModelSource::bundled().unwrap();
-    let mut model = FeatureModel::load(&common::runtime(), &source, 1).unwrap();
+    let mut model = OnnxFeatureModel::load(&common::runtime(), &source, 1, Device::Cpu).unwrap();
     let input = vec![0.0_f32; 3 * 100 * 64];
     let error = model.run(&input, 1, 64, 100, &mut Vec::new()).unwrap_err();
     assert!(matches!(error, ModelError::InputSize { .. }), "{error}");
@@ -37,7 +37,7 @@ fn a_different_model_file_is_refused() {
     let mut source = ModelSource::bundled().unwrap();
     source.manifest.sha256 = sha256_hex(&onnx);
     source.onnx = onnx.into();
-    let error = FeatureModel::load(&common::runtime(), &source, 1)
+    let error = OnnxFeatureModel::load(&common::runtime(), &source, 1, Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(error.contains("does not match its manifest"), "{error}");
@@ -50,6 +50,6 @@ fn a_model_file_that_differs_from_its_manifest_hash_is_refused() {
     source.onnx = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/identity.onnx"))
         .unwrap()
         .into();
-    let error = FeatureModel::load(&common::runtime(), &source, 1).unwrap_err();
+    let error = OnnxFeatureModel::load(&common::runtime(), &source, 1, Device::Cpu).unwrap_err();
     assert!(matches!(error, ModelError::Checksum { .. }), "{error}");
 }

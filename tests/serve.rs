@@ -43,7 +43,7 @@ async fn a_model_that_breaks_its_manifest_stops_the_server_with_a_clear_error() 
     .unwrap();
 
     let mut config = common::config(data.path());
-    config.engine.model = Some(model);
+    config.engine.model.path = Some(model);
     let server = TestServer::start(config).await;
     let error = server
         .join(std::time::Duration::from_secs(60))

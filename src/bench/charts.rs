@@ -5,11 +5,20 @@
 use std::fmt::Write as _;
 
 use super::dataset::Format;
-use super::html::escape;
 use super::metrics;
 use super::report::{Report, number};
+
 const PLOT: f64 = 300.0;
 const MARGIN: f64 = 48.0;
+
+/// Escapes text for HTML and SVG content and attribute values (the page
+/// and its charts share it; charts never import the page).
+pub(super) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
 
 /// The ROC curve with the calibrated threshold's operating point.
 pub fn roc_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {

@@ -9,7 +9,7 @@ use std::path::Path;
 use base64::Engine as _;
 
 use super::BenchError;
-use super::charts;
+use super::charts::{self, escape};
 use super::dataset::Format;
 use super::evaluate::Record;
 use super::gallery::{Entry, Gallery};
@@ -35,14 +35,6 @@ th{background:#fafafa}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .gallery img{display:block;max-width:192px;max-height:192px;border:1px solid #ccc}.row{margin:12px 0;padding:8px;border:1px solid #eee;border-radius:6px}\
 .cap{font-size:13px;color:#444;margin-bottom:4px;word-break:break-all}.none{color:#888;font-style:italic}\
 figcaption{font-size:12px;color:#666}pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}";
-
-/// Escapes text for HTML content and attribute values.
-pub(super) fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 fn data_url(png: &[u8]) -> String {
     format!(

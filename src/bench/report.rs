@@ -410,10 +410,7 @@ pub fn summary(report: &Report) -> String {
             Format::Mvtec => "MVTec AD layout",
             Format::Pairs => "golden pairs",
         },
-        match report.settings.match_mode {
-            crate::engine::MatchMode::Global => "global",
-            crate::engine::MatchMode::Aligned => "aligned",
-        },
+        report.settings.match_mode,
         report.settings.input_width,
         report.settings.input_height,
         report.counts.test

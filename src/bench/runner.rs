@@ -9,16 +9,16 @@ use tonic::transport::Channel;
 
 use crate::config::EngineConfig;
 use crate::engine::{
-    Engine, Enrollment, HeatmapFormat, InspectOptions, Judge, RecipeSettings, Region, Verdict,
+    Engine, EnrollError, HeatmapFormat, InspectOptions, Judge, RecipeSettings, Region, Verdict,
 };
-use crate::imaging::{DecodeLimits, FrameData};
-use crate::model::{FeatureModel, ModelSource};
+use crate::imaging::{DecodeLimits, FrameData, OwnedFrame};
+use crate::model;
 use crate::proto;
+use crate::proto::convert::{encoded_frame, region_from_proto, settings_to_proto, verdict_from_proto};
 use crate::proto::inspection_client::InspectionClient;
 use crate::proto::recipes_client::RecipesClient;
 use crate::runtime::{self, Lookup};
 use crate::scoring::map::{AnomalyMap, resize_f32};
-use crate::service::convert::settings_to_proto;
 
 use super::BenchError;
 
@@ -125,19 +125,16 @@ impl Runner {
     /// Loads ONNX Runtime and the model, and checks `settings` against it.
     pub fn local(config: &EngineConfig, settings: RecipeSettings) -> Result<Self, BenchError> {
         let runtime = runtime::load(&Lookup::from_process(config.onnxruntime.clone()))?;
-        let source = match &config.model {
-            Some(path) => ModelSource::from_path(path)?,
-            None => ModelSource::bundled()?,
-        };
-        let model = FeatureModel::load(&runtime, &source, config.threads)?;
+        let loaded = model::load(&runtime, &config.model)?;
+        let manifest = loaded.extractor.manifest();
         let info = ModelInfo {
-            name: source.manifest.name.clone(),
-            sha256: source.manifest.sha256.clone(),
-            origin: source.origin,
+            name: manifest.name.clone(),
+            sha256: manifest.sha256.clone(),
+            origin: loaded.origin,
             onnxruntime: runtime.version,
-            threads: config.threads,
+            threads: config.model.threads,
         };
-        let engine = Engine::new(model, DecodeLimits::default());
+        let engine = Engine::new(loaded.extractor, DecodeLimits::default());
         engine.validate(&settings).map_err(BenchError::Settings)?;
         Ok(Self::Local(Box::new(Local {
             engine,
@@ -221,17 +218,19 @@ impl Runner {
 impl Local {
     fn enroll(&mut self, good: &[PathBuf], progress: &mut dyn FnMut()) -> Result<Enrolled, BenchError> {
         let started = Instant::now();
-        let mut enrollment = Enrollment::new();
-        for path in good {
-            let bytes = read(path)?;
-            let features = self
-                .engine
-                .extract(&self.settings, FrameData::Encoded(&bytes))
-                .map_err(frame_error(path))?;
-            enrollment.add(features);
+        let frames = good.iter().map(|path| {
+            let frame = read(path).map(|bytes| OwnedFrame::Encoded(bytes.into()));
             progress();
-        }
-        let reference = self.engine.build_reference(&self.settings, &enrollment)?;
+            frame
+        });
+        let reference = self
+            .engine
+            .enroll(&self.settings, frames)
+            .map_err(|error| match error {
+                EnrollError::Source { error, .. } => error,
+                EnrollError::Frame { index, source } => frame_error(&good[index])(source),
+                EnrollError::Build(error) => error.into(),
+            })?;
         let judge = Judge::new(self.settings.clone(), reference, self.engine.limits())?;
         let enrolled = Enrolled {
             threshold: judge.threshold(),
@@ -304,9 +303,7 @@ impl Remote {
         for (index, path) in good.iter().enumerate() {
             messages.push(proto::AddReferencesRequest {
                 recipe: self.recipe.clone(),
-                frame: Some(proto::Frame {
-                    image: Some(proto::frame::Image::Encoded(read(path)?.into())),
-                }),
+                frame: Some(encoded_frame(read(path)?)),
                 replace: index == 0,
             });
             progress();
@@ -329,9 +326,7 @@ impl Remote {
     ) -> Result<proto::InspectRequest, BenchError> {
         Ok(proto::InspectRequest {
             recipe: self.recipe.clone(),
-            frame: Some(proto::Frame {
-                image: Some(proto::frame::Image::Encoded(read(path)?.into())),
-            }),
+            frame: Some(encoded_frame(read(path)?)),
             frame_id: path.display().to_string(),
             heatmap: heatmap.map(|(format, max_size)| proto::HeatmapOptions {
                 format: format as i32,
@@ -356,28 +351,12 @@ impl Remote {
         if want_map && map.is_none() {
             return Err(self.error("the server sent no heatmap"));
         }
-        let regions = response
-            .regions
-            .iter()
-            .map(|r| Region {
-                x: r.x,
-                y: r.y,
-                width: r.width,
-                height: r.height,
-                area: r.area,
-                max_score: r.max_score,
-                mean_score: r.mean_score,
-            })
-            .collect();
+        let regions = response.regions.iter().map(region_from_proto).collect();
         let inference = Duration::from_micros(response.timings.map_or(0, |t| t.inference_us));
         Ok(FrameResult {
             score: response.score,
             threshold: response.threshold,
-            verdict: if response.verdict == proto::Verdict::Fail as i32 {
-                Verdict::Fail
-            } else {
-                Verdict::Pass
-            },
+            verdict: verdict_from_proto(response.verdict).unwrap_or(Verdict::Pass),
             regions,
             map,
             latency,

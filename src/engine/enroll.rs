@@ -15,11 +15,13 @@
 //!
 //! With two or more, the scores go through [`threshold::from_good_scores`].
 
-use crate::imaging::FrameData;
+use std::sync::Arc;
+
+use crate::imaging::{FrameData, OwnedFrame};
+use crate::reference::Reference;
 use crate::reference::coreset::{self, CoresetOptions};
-use crate::reference::{self, Reference};
 use crate::scoring::map::AnomalyMap;
-use crate::scoring::search::{Bank, Grid};
+use crate::scoring::nearest::{Bank, Grid};
 use crate::scoring::threshold;
 
 use super::settings::{MatchMode, RecipeSettings};
@@ -77,7 +79,54 @@ impl Enrollment {
     }
 }
 
+/// Why [`Engine::enroll`] built no reference.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError<E> {
+    /// Good frame `index` (0-based) could not be had from its source.
+    #[error("good frame {index}: {error}")]
+    Source {
+        /// Which frame.
+        index: usize,
+        /// The source's error.
+        error: E,
+    },
+    /// Good frame `index` (0-based) was refused.
+    #[error("good frame {index}: {source}")]
+    Frame {
+        /// Which frame.
+        index: usize,
+        /// Why.
+        source: EngineError,
+    },
+    /// The reference could not be built from the frames.
+    #[error(transparent)]
+    Build(EngineError),
+}
+
 impl Engine {
+    /// Builds a reference from good frames, taken one at a time from
+    /// `frames` (so a caller reading files holds one file at a time): each is
+    /// decoded, preprocessed and run through the model, then the reference is
+    /// built and calibrated. The server's worker and the benchmark both
+    /// enroll here.
+    pub fn enroll<E>(
+        &mut self,
+        settings: &RecipeSettings,
+        frames: impl IntoIterator<Item = Result<OwnedFrame, E>>,
+    ) -> Result<Reference, EnrollError<E>> {
+        self.validate(settings).map_err(EnrollError::Build)?;
+        let mut enrollment = Enrollment::new();
+        for (index, frame) in frames.into_iter().enumerate() {
+            let frame = frame.map_err(|error| EnrollError::Source { index, error })?;
+            let features = self
+                .extract(settings, frame.as_data())
+                .map_err(|source| EnrollError::Frame { index, source })?;
+            enrollment.add(features);
+        }
+        self.build_reference(settings, &enrollment)
+            .map_err(EnrollError::Build)
+    }
+
     /// Decodes, preprocesses and runs the model on one good frame.
     pub fn extract(
         &mut self,
@@ -118,7 +167,7 @@ impl Engine {
                         grid.width, grid.height, other.grid.width, other.grid.height
                     )));
                 }
-                let features: Vec<f32> = images.iter().flat_map(|f| f.data.iter().copied()).collect();
+                let features: Arc<[f32]> = images.iter().flat_map(|f| f.data.iter().copied()).collect();
                 let scores = if images.len() == 1 {
                     let view = MatchView::Aligned {
                         references: &features,
@@ -128,17 +177,18 @@ impl Engine {
                 } else {
                     self.leave_one_out_scores(settings, images, mask.as_deref())
                 };
-                (reference::MatchMode::Aligned, features, scores)
+                (MatchMode::Aligned, features, scores)
             }
             MatchMode::Global => {
-                let bank_rows = coreset_rows(images.iter(), settings.reference_size as usize);
+                let bank_rows: Arc<[f32]> =
+                    coreset_rows(images.iter(), settings.reference_size as usize).into();
                 let scores = if images.len() == 1 {
                     let bank = Bank::new(bank_rows.clone(), grid.channels);
                     self.perturbation_scores(first, MatchView::Global(&bank), mask.as_deref())?
                 } else {
                     self.held_out_scores(settings, images, mask.as_deref())
                 };
-                (reference::MatchMode::Global, bank_rows, scores)
+                (MatchMode::Global, bank_rows, scores)
             }
         };
         let calibrated = if images.len() == 1 {

@@ -10,8 +10,8 @@ use crate::imaging::{Channels, FrameData, Geometry, Image, Roi};
 use crate::model::ModelError;
 use crate::scoring::heatmap;
 use crate::scoring::map::{AnomalyMap, resize_f32};
+use crate::scoring::nearest::Grid;
 use crate::scoring::regions::find_regions;
-use crate::scoring::search::Grid;
 
 use super::{Engine, EngineError, Judge};
 

@@ -9,15 +9,15 @@ pub mod settings;
 
 use std::time::{Duration, Instant};
 
-pub use enroll::{Enrollment, Features};
+pub use enroll::{EnrollError, Enrollment, Features};
 pub use inspect::{HeatmapFormat, HeatmapImage, InspectOptions, Inspection, Region, Timings, Verdict};
 pub use settings::{MatchMode, RecipeSettings};
 
 use crate::imaging::{self, DecodeLimits, FrameData, Geometry, Image, ImagingError, Normalize, Preprocessor};
-use crate::model::{FeatureModel, ModelError};
+use crate::model::{FeatureExtractor, ModelError};
 use crate::reference::{self, Reference};
 use crate::scoring::map::{AnomalyMap, MapBuilder, sigma_for};
-use crate::scoring::search::{self, Bank, Grid, SearchScratch};
+use crate::scoring::nearest::{self, Bank, Grid, SearchScratch};
 use crate::scoring::threshold;
 
 /// Errors of the engine layer.
@@ -90,10 +90,11 @@ impl Judge {
             MatchMode::Global => Matcher::Global(Bank::new(reference.features.clone(), channels)),
             MatchMode::Aligned => Matcher::Aligned,
         };
-        if (settings.match_mode == MatchMode::Global) != (reference.mode == reference::MatchMode::Global) {
-            return Err(EngineError::ReferenceMismatch(
-                "the reference was built for the other matching mode".into(),
-            ));
+        if settings.match_mode != reference.mode {
+            return Err(EngineError::ReferenceMismatch(format!(
+                "the reference was built for the {} mode, the settings ask for {}",
+                reference.mode, settings.match_mode
+            )));
         }
         let mask = settings.mask(limits)?;
         let threshold = threshold::in_force(reference.threshold, settings.threshold, settings.sensitivity);
@@ -136,7 +137,7 @@ impl Judge {
 /// from call to call.
 #[derive(Debug)]
 pub struct Engine {
-    model: FeatureModel,
+    model: Box<dyn FeatureExtractor>,
     normalize: Normalize,
     limits: DecodeLimits,
     preprocessor: Preprocessor,
@@ -150,7 +151,7 @@ pub struct Engine {
 
 impl Engine {
     /// Wraps a loaded model; frames larger than `limits` are refused.
-    pub fn new(model: FeatureModel, limits: DecodeLimits) -> Self {
+    pub fn new(model: Box<dyn FeatureExtractor>, limits: DecodeLimits) -> Self {
         let normalization = &model.manifest().normalization;
         let normalize = Normalize {
             mean: normalization.mean,
@@ -172,8 +173,8 @@ impl Engine {
     }
 
     /// The feature model.
-    pub fn model(&self) -> &FeatureModel {
-        &self.model
+    pub fn model(&self) -> &dyn FeatureExtractor {
+        self.model.as_ref()
     }
 
     /// The decode limits.
@@ -270,7 +271,7 @@ impl Engine {
         let cells = grid.width * grid.height;
         self.patch_scores.resize(count * cells, 0.0);
         match view {
-            MatchView::Global(bank) => search::nearest_global_batch(
+            MatchView::Global(bank) => nearest::nearest_global_batch(
                 features,
                 count,
                 cells,
@@ -286,7 +287,7 @@ impl Engine {
                     .chunks_exact(grid.len())
                     .zip(self.patch_scores.chunks_exact_mut(cells))
                 {
-                    search::nearest_aligned(image, references, grid, neighborhood, &mut self.scratch, out);
+                    nearest::nearest_aligned(image, references, grid, neighborhood, &mut self.scratch, out);
                 }
             }
         }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::imaging::{Channels, DecodeLimits, FrameData, Image, Roi, decode};
+pub use crate::reference::MatchMode;
 use crate::scoring::map::resize_f32;
 
 use super::EngineError;
@@ -22,17 +23,6 @@ pub const MAX_INPUT_SIZE: u32 = 2048;
 pub const MAX_NEIGHBORHOOD: u32 = 8;
 /// Largest coreset accepted.
 pub const MAX_REFERENCE_SIZE: u32 = 1 << 20;
-
-/// How frame patches are compared with the reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatchMode {
-    /// PatchCore: nearest reference patch anywhere.
-    #[default]
-    Global,
-    /// Nearest reference patch within `neighborhood` cells of the same place.
-    Aligned,
-}
 
 /// Everything that decides how a product is inspected. Every field has a
 /// default, so `RecipeSettings::default()` is a working recipe.
@@ -223,44 +213,19 @@ pub fn mask_plane(
 
 /// Serde helper: bytes as base64 in JSON (masks are small PNGs).
 mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        serializer.serialize_str(&out)
+        serializer.serialize_str(&STANDARD.encode(bytes))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let mut out = Vec::with_capacity(text.len() / 4 * 3);
-        let mut buffer = 0_u32;
-        let mut bits = 0;
-        for c in text.bytes().filter(|&c| c != b'=') {
-            let value = ALPHABET
-                .iter()
-                .position(|&a| a == c)
-                .ok_or_else(|| serde::de::Error::custom("invalid base64"))?;
-            buffer = (buffer << 6) | value as u32;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((buffer >> bits) as u8);
-            }
-        }
-        Ok(out)
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|error| serde::de::Error::custom(format!("mask_png is not base64: {error}")))
     }
 }
 

@@ -6,9 +6,11 @@
 //! person who sent the frame.
 
 pub mod frame;
+mod owned;
 pub mod preprocess;
 
 pub use frame::{DecodeLimits, FrameData, PixelFormat, RawFrame, decode};
+pub use owned::OwnedFrame;
 pub use preprocess::{Geometry, Normalize, Preprocessor, input_size_for_aspect};
 
 /// Errors of the imaging layer.

@@ -1,7 +1,7 @@
 //! Greedy k-center coreset selection (PatchCore's memory-bank subsampling): a random
-//! projection, then an exact, lazy farthest-point search on bytes (`search.rs`).
+//! projection, then an exact, lazy farthest-point search on bytes (`farthest.rs`).
 
-use super::search::Space;
+use super::farthest::Space;
 
 /// Options for coreset selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

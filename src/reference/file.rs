@@ -1,15 +1,17 @@
 //! The reference file: a recipe's golden reference (memory bank, grid, calibration),
-//! saved atomically and checked thoroughly on load.
+//! as bytes and back, checked thoroughly on load. Writing the bytes to the data
+//! folder is the store's job (one atomic writer for every file there).
 //!
 //! Layout, little-endian: magic `LOUPEREF`, u32 format version, u32 header length,
 //! the header (mode u8, channels u32, grid width u32, grid height u32, image count
 //! u32, threshold f32, model id as u32 length + UTF-8, calibration score count u32 +
 //! f32s, feature count u64), the features as f32s, and a CRC32 of everything before it.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use super::mode::MatchMode;
 
 /// The format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -24,15 +26,6 @@ const MIN_HEADER: usize = 1 + 4 * 6 + 4 + 8;
 /// What `decode` calls its input when it has no file name.
 const IN_MEMORY: &str = "reference data";
 
-/// How a reference is matched (mirror of the engine's mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MatchMode {
-    /// Each test patch against every bank patch, wherever it came from.
-    Global,
-    /// Each test patch against the bank patches at the same grid cell.
-    Aligned,
-}
-
 /// A golden reference: the feature memory bank plus what is needed to use it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reference {
@@ -45,8 +38,9 @@ pub struct Reference {
     /// Feature grid of one image, cells down, at the recipe's input size.
     pub grid_height: u32,
     /// Global: `rows` patches x `channels`, row-major (the coreset). Aligned: `images` x
-    /// channels x grid_height x grid_width (NCHW per image).
-    pub features: Vec<f32>,
+    /// channels x grid_height x grid_width (NCHW per image). Shared, not copied, by
+    /// everything that searches it.
+    pub features: Arc<[f32]>,
     /// How many good images it was built from.
     pub image_count: u32,
     /// Calibrated threshold on the anomaly score.
@@ -75,10 +69,10 @@ impl Reference {
 /// "reference data" for bytes decoded in memory.
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
-    /// The file system refused a read, write, sync or rename.
+    /// The file cannot be read.
     #[error("reference file {}: {source}", path.display())]
     Io {
-        /// The file (or, for the final sync, its folder).
+        /// The file.
         path: PathBuf,
         /// What the operating system said.
         source: std::io::Error,
@@ -174,8 +168,9 @@ fn truncated(expected: usize, found: usize) -> ReferenceError {
     }
 }
 
-/// Serialises `reference`. Lengths beyond the format's u32 fields are clamped,
-/// which [`save`] rules out beforehand; the bytes are then refused by [`decode`].
+/// Serialises `reference` as it is. Lengths beyond the format's u32 fields are
+/// clamped, which [`to_bytes`] rules out beforehand; the bytes are then refused by
+/// [`decode`].
 pub fn encode(reference: &Reference) -> Vec<u8> {
     let id = reference.model_id.as_bytes();
     let header_len = MIN_HEADER + id.len() + 4 * reference.calibration_scores.len();
@@ -184,10 +179,7 @@ pub fn encode(reference: &Reference) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&clamp_u32(header_len).to_le_bytes());
-    out.push(match reference.mode {
-        MatchMode::Global => 0,
-        MatchMode::Aligned => 1,
-    });
+    out.push(reference.mode.code());
     for value in [
         reference.channels,
         reference.grid_width,
@@ -341,18 +333,14 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
         });
     }
 
-    let mode = match mode {
-        0 => MatchMode::Global,
-        1 => MatchMode::Aligned,
-        other => return Err(corrupt(format!("unknown match mode {other}"))),
-    };
+    let mode = MatchMode::from_code(mode).ok_or_else(|| corrupt(format!("unknown match mode {mode}")))?;
     let model_id = String::from_utf8(model_id.to_vec()).map_err(|_| corrupt("the model id is not UTF-8"))?;
     let reference = Reference {
         mode,
         channels,
         grid_width,
         grid_height,
-        features: get_f32s(&content[body..]),
+        features: get_f32s(&content[body..]).into(),
         image_count,
         threshold,
         calibration_scores: get_f32s(scores),
@@ -391,10 +379,9 @@ fn check(reference: &Reference) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `reference` to `path` atomically: a temporary file in the same folder is
-/// written and synced, renamed over `path`, and the folder synced, so a crash leaves
-/// either the old file or the new one. The temporary file is removed on failure.
-pub fn save(reference: &Reference, path: &Path) -> Result<(), ReferenceError> {
+/// The bytes of a reference file for `reference`, after checking that it is usable
+/// and that it fits the format (so what is written can be read back).
+pub fn to_bytes(reference: &Reference) -> Result<Vec<u8>, ReferenceError> {
     check(reference).map_err(|reason| ReferenceError::Invalid { reason })?;
     // The header length bounds the model id and the score count: if it fits, they do.
     let header_len = MIN_HEADER + reference.model_id.len() + 4 * reference.calibration_scores.len();
@@ -403,41 +390,7 @@ pub fn save(reference: &Reference, path: &Path) -> Result<(), ReferenceError> {
             reason: "the model id and calibration scores do not fit the header".into(),
         });
     }
-    let name = path.file_name().ok_or_else(|| {
-        io(path)(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the path does not name a file",
-        ))
-    })?;
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let bytes = encode(reference);
-
-    // Unique within the process by the counter, across processes by the pid.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = folder.join(temp_name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .map_err(io(&temp))?;
-    let written = file.write_all(&bytes).and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(source) = written.and_then(|()| fs::rename(&temp, path)) {
-        // Best effort: the error that matters is the one being reported.
-        let _ = fs::remove_file(&temp);
-        return Err(io(path)(source));
-    }
-    sync_folder(folder).map_err(io(folder))
+    Ok(encode(reference))
 }
 
 /// Wraps an I/O error about `path`.
@@ -446,15 +399,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReferenceError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Makes the rename durable. Only Unix can open and sync a folder.
-fn sync_folder(folder: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    fs::File::open(folder)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = folder;
-    Ok(())
 }
 
 /// Reads and decodes the reference at `path`; errors name the file.
@@ -570,11 +514,11 @@ mod tests {
     #[test]
     fn refuses_inconsistent_shapes() {
         let mut ragged = global();
-        ragged.features.pop();
+        ragged.features = ragged.features[..14].into();
         let mut empty = aligned();
-        empty.features.clear();
+        empty.features = Arc::new([]);
         let mut partial_image = aligned();
-        partial_image.features.truncate(30);
+        partial_image.features = partial_image.features[..30].into();
         let mut no_channels = global();
         no_channels.channels = 0;
         for reference in [ragged, empty, partial_image, no_channels] {
@@ -584,15 +528,11 @@ mod tests {
     }
 
     #[test]
-    fn saves_and_loads() {
+    fn loads_what_to_bytes_wrote_and_names_the_file_it_refuses() {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("recipe.ref");
-        save(&global(), &path).unwrap();
+        fs::write(&path, to_bytes(&global()).unwrap()).unwrap();
         assert_eq!(load(&path).unwrap(), global());
-        // Saving again replaces the file.
-        save(&aligned(), &path).unwrap();
-        assert_eq!(load(&path).unwrap(), aligned());
-        assert_eq!(fs::read_dir(folder.path()).unwrap().count(), 1);
 
         let mut bytes = fs::read(&path).unwrap();
         bytes[8] = 3;
@@ -602,41 +542,14 @@ mod tests {
             message.contains(&path.display().to_string()) && message.contains("version 3"),
             "{message}"
         );
-    }
-
-    #[test]
-    fn failed_saves_leave_no_temporary_file() {
-        let folder = tempfile::tempdir().unwrap();
-        let missing = folder.path().join("missing").join("recipe.ref");
-        assert!(matches!(
-            save(&global(), &missing),
-            Err(ReferenceError::Io { .. })
-        ));
-        // The rename fails here: the target is a folder.
-        let occupied = folder.path().join("recipe.ref");
-        fs::create_dir(&occupied).unwrap();
-        assert!(matches!(
-            save(&global(), &occupied),
-            Err(ReferenceError::Io { .. })
-        ));
-        let names: Vec<_> = fs::read_dir(folder.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["recipe.ref"]);
+        let missing = folder.path().join("missing.ref");
         assert!(matches!(load(&missing), Err(ReferenceError::Io { .. })));
     }
 
     #[test]
-    fn refuses_to_save_an_invalid_reference() {
-        let folder = tempfile::tempdir().unwrap();
+    fn refuses_to_write_an_invalid_reference() {
         let mut ragged = global();
-        ragged.features.pop();
-        let path = folder.path().join("recipe.ref");
-        assert!(matches!(
-            save(&ragged, &path),
-            Err(ReferenceError::Invalid { .. })
-        ));
-        assert!(!path.exists());
+        ragged.features = ragged.features[..14].into();
+        assert!(matches!(to_bytes(&ragged), Err(ReferenceError::Invalid { .. })));
     }
 }

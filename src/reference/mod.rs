@@ -1,10 +1,12 @@
-//! Golden references: choosing the memory bank of good patches ([`coreset`]) and
-//! storing it with its calibration on disk ([`mod@file`]).
+//! Golden references: choosing the memory bank of good patches ([`coreset`],
+//! with its farthest-point search), how it is matched ([`MatchMode`]), and its
+//! file format ([`mod@file`]).
 
 pub mod coreset;
+mod farthest;
 pub mod file;
-mod search;
+mod mode;
 
 pub use coreset::{CoresetOptions, project, select};
-
-pub use file::{FORMAT_VERSION, MatchMode, Reference, ReferenceError, decode, encode, load, save};
+pub use file::{FORMAT_VERSION, Reference, ReferenceError, decode, encode, load, to_bytes};
+pub use mode::{MatchMode, UnknownMode};

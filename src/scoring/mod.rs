@@ -4,6 +4,6 @@
 
 pub mod heatmap;
 pub mod map;
+pub mod nearest;
 pub mod regions;
-pub mod search;
 pub mod threshold;

@@ -8,6 +8,12 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use loupe::config::{EngineConfig, Limits, ServeConfig};
+use loupe::model::{self, Device, FeatureExtractor, ModelConfig};
+use loupe::proto::inspection_client::InspectionClient;
+use loupe::proto::recipes_client::RecipesClient;
+use loupe::proto::{
+    self, AddReferencesRequest, CreateRecipeRequest, Frame, InspectRequest, PixelFormat, RawImage,
+};
 use loupe::runtime::{self, Lookup, Runtime};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -23,6 +29,16 @@ pub fn runtime() -> Runtime {
         .clone()
 }
 
+/// The bundled model with `threads` threads, loaded as `serve` loads it.
+pub fn bundled_model(threads: usize) -> Box<dyn FeatureExtractor> {
+    let config = ModelConfig {
+        path: None,
+        threads,
+        device: Device::Cpu,
+    };
+    model::load(&runtime(), &config).unwrap().extractor
+}
+
 /// A configuration for a test server keeping its data in `data_dir`.
 pub fn config(data_dir: &Path) -> ServeConfig {
     ServeConfig {
@@ -30,8 +46,11 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         data_dir: data_dir.to_path_buf(),
         engine: EngineConfig {
             onnxruntime: None,
-            model: None,
-            threads: 2,
+            model: ModelConfig {
+                path: None,
+                threads: 2,
+                device: Device::Cpu,
+            },
         },
         limits: Limits::default(),
         max_batch: loupe::config::DEFAULT_MAX_BATCH,
@@ -43,18 +62,29 @@ pub fn config(data_dir: &Path) -> ServeConfig {
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), loupe::service::ServeError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), loupe::serve::ServeError>>>,
 }
 
 impl TestServer {
     /// Binds 127.0.0.1:0 and serves `config` until stopped.
     pub async fn start(config: ServeConfig) -> Self {
+        Self::start_with_events(config, loupe::server::Events::new()).await
+    }
+
+    /// [`TestServer::start`], publishing the core's events on `events`.
+    pub async fn start_with_events(config: ServeConfig, events: loupe::server::Events) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(loupe::service::serve(config, runtime(), listener, async move {
-            let _ = stop_rx.await;
-        }));
+        let task = tokio::spawn(loupe::serve::serve_with_events(
+            config,
+            runtime(),
+            listener,
+            events,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
         Self {
             addr,
             stop: Some(stop_tx),
@@ -90,7 +120,7 @@ impl TestServer {
     }
 
     /// Waits for the server to stop by itself (at most `limit`).
-    pub async fn join(mut self, limit: std::time::Duration) -> Result<(), loupe::service::ServeError> {
+    pub async fn join(mut self, limit: std::time::Duration) -> Result<(), loupe::serve::ServeError> {
         let task = self.task.take().unwrap();
         tokio::time::timeout(limit, task)
             .await
@@ -99,7 +129,7 @@ impl TestServer {
     }
 
     /// Stops the server through its shutdown channel and waits for it.
-    pub async fn stop(mut self) -> Result<(), loupe::service::ServeError> {
+    pub async fn stop(mut self) -> Result<(), loupe::serve::ServeError> {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap()
     }
@@ -151,4 +181,64 @@ pub fn scratch(rgb: &mut [u8], x0: usize, y0: usize, len: usize) {
             rgb[i..i + 3].copy_from_slice(&[20, 20, 20]);
         }
     }
+}
+
+/// A raw RGB8 frame of a generated part.
+pub fn raw(rgb: Vec<u8>) -> Frame {
+    Frame {
+        image: Some(proto::frame::Image::Raw(RawImage {
+            width: PART_SIZE as u32,
+            height: PART_SIZE as u32,
+            stride: 0,
+            pixel_format: PixelFormat::Rgb8 as i32,
+            data: rgb.into(),
+        })),
+    }
+}
+
+pub fn request(recipe: &str, frame: Frame, frame_id: &str) -> InspectRequest {
+    InspectRequest {
+        recipe: recipe.to_owned(),
+        frame: Some(frame),
+        frame_id: frame_id.to_owned(),
+        heatmap: None,
+    }
+}
+
+pub async fn clients(server: &TestServer) -> (RecipesClient<Channel>, InspectionClient<Channel>) {
+    let channel = server.channel().await;
+    (
+        RecipesClient::new(channel.clone()).max_encoding_message_size(64 << 20),
+        InspectionClient::new(channel).max_encoding_message_size(64 << 20),
+    )
+}
+
+/// Creates recipe `name` over gRPC and enrolls five good textures in two messages
+/// per frame style (recipe named only in the first).
+pub async fn enroll(recipes: &mut RecipesClient<Channel>, name: &str) -> proto::Recipe {
+    recipes
+        .create_recipe(CreateRecipeRequest {
+            name: name.to_owned(),
+            settings: None,
+        })
+        .await
+        .unwrap();
+    let messages: Vec<AddReferencesRequest> = (0..5)
+        .map(|i| AddReferencesRequest {
+            recipe: if i == 0 { name.to_owned() } else { String::new() },
+            frame: Some(raw(texture(i + 1, i as f32 * 1.7, i as f32 * 0.9))),
+            replace: false,
+        })
+        .collect();
+    recipes
+        .add_references(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub fn scratched() -> Vec<u8> {
+    let mut rgb = texture(200, 0.5, 0.5);
+    scratch(&mut rgb, 90, 120, 60);
+    rgb
 }

@@ -8,13 +8,10 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::engine::{Judge, RecipeSettings};
-use crate::imaging::DecodeLimits;
-use crate::proto;
+use crate::imaging::{DecodeLimits, OwnedFrame};
 use crate::store::{self, RecipeRecord, Store, StoreError};
 
-use super::ServiceError;
-use super::convert::recipe_to_proto;
-use super::frames::OwnedFrame;
+use super::Error;
 use super::worker::{Job, Worker};
 
 /// One recipe revision.
@@ -27,11 +24,14 @@ pub struct RecipeState {
 }
 
 impl RecipeState {
-    /// The proto form.
-    pub fn to_proto(&self) -> proto::Recipe {
-        recipe_to_proto(&self.record, self.judge.as_ref().map_or(0.0, |j| j.threshold()))
+    /// The threshold in force; 0 until the recipe has a reference.
+    pub fn threshold(&self) -> f32 {
+        self.judge.as_ref().map_or(0.0, |judge| judge.threshold())
     }
 }
+
+/// A recipe that could not be loaded at start-up: its folder name and why.
+pub type Damaged = (String, String);
 
 /// The recipe registry.
 #[derive(Debug)]
@@ -46,41 +46,44 @@ pub struct Registry {
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ServiceError> {
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|error| ServiceError::Internal(format!("storage task failed: {error}")))?
-        .map_err(ServiceError::from)
+        .map_err(|error| Error::Internal(format!("storage task failed: {error}")))?
+        .map_err(Error::from)
 }
 
 impl Registry {
     /// Loads every recipe from `store`. Recipes that cannot be used (damaged
-    /// files, a reference from another model) are logged and skipped.
+    /// files, a reference from another model) are logged, skipped and
+    /// returned with the reason.
     pub fn load(
         store: Store,
         limits: DecodeLimits,
         size_multiple: u32,
         model_id: &str,
-    ) -> Result<Self, StoreError> {
-        let (stored, damaged) = store.load_all()?;
-        for error in damaged {
-            tracing::error!(%error, "skipping a damaged recipe");
+    ) -> Result<(Self, Vec<Damaged>), StoreError> {
+        let (stored, unreadable) = store.load_all()?;
+        let mut damaged = Vec::new();
+        for (name, error) in unreadable {
+            tracing::error!(recipe = %name, %error, "skipping a damaged recipe");
+            damaged.push((name, error.to_string()));
         }
         let mut recipes = BTreeMap::new();
         for recipe in stored {
             let name = recipe.record.name.clone();
             let judge = match recipe.reference {
                 Some(reference) if reference.model_id != model_id => {
-                    tracing::error!(
-                        recipe = %name,
-                        "skipping a recipe whose reference was built by another model; send its good frames again"
-                    );
+                    let reason = "its reference was built by another model; send its good frames again";
+                    tracing::error!(recipe = %name, "skipping a recipe: {reason}");
+                    damaged.push((name, reason.to_owned()));
                     continue;
                 }
                 Some(reference) => match Judge::new(recipe.record.settings.clone(), reference, limits) {
                     Ok(judge) => Some(Arc::new(judge)),
                     Err(error) => {
                         tracing::error!(recipe = %name, %error, "skipping a recipe that cannot be used");
+                        damaged.push((name, error.to_string()));
                         continue;
                     }
                 },
@@ -95,13 +98,14 @@ impl Registry {
                 }),
             );
         }
-        Ok(Self {
+        let registry = Self {
             store,
             limits,
             size_multiple,
             recipes: RwLock::new(recipes),
             writes: Mutex::new(()),
-        })
+        };
+        Ok((registry, damaged))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<RecipeState>>> {
@@ -120,11 +124,11 @@ impl Registry {
     }
 
     /// The current revision of a recipe.
-    pub fn get(&self, name: &str) -> Result<Arc<RecipeState>, ServiceError> {
+    pub fn get(&self, name: &str) -> Result<Arc<RecipeState>, Error> {
         self.read()
             .get(name)
             .cloned()
-            .ok_or_else(|| ServiceError::NotFound(format!("no recipe named {name:?}")))
+            .ok_or_else(|| Error::NotFound(format!("no recipe named {name:?}")))
     }
 
     /// Every recipe, by name.
@@ -132,29 +136,23 @@ impl Registry {
         self.read().values().cloned().collect()
     }
 
-    fn validate(&self, settings: &RecipeSettings) -> Result<(), ServiceError> {
+    fn validate(&self, settings: &RecipeSettings) -> Result<(), Error> {
         settings
             .validate(self.size_multiple)
-            .map_err(|error| ServiceError::InvalidArgument(error.to_string()))?;
+            .map_err(|error| Error::InvalidArgument(error.to_string()))?;
         // The mask is decoded now so a bad PNG is refused at once.
         crate::engine::settings::mask_plane(&settings.mask_png, 16, 16, self.limits)
-            .map_err(|error| ServiceError::InvalidArgument(error.to_string()))?;
+            .map_err(|error| Error::InvalidArgument(error.to_string()))?;
         Ok(())
     }
 
     /// Creates a recipe without a reference.
-    pub async fn create(
-        &self,
-        name: String,
-        settings: RecipeSettings,
-    ) -> Result<Arc<RecipeState>, ServiceError> {
-        store::validate_name(&name).map_err(ServiceError::InvalidArgument)?;
+    pub async fn create(&self, name: String, settings: RecipeSettings) -> Result<Arc<RecipeState>, Error> {
+        store::validate_name(&name).map_err(Error::InvalidArgument)?;
         self.validate(&settings)?;
         let _write = self.writes.lock().await;
         if self.read().contains_key(&name) {
-            return Err(ServiceError::AlreadyExists(format!(
-                "a recipe named {name:?} exists"
-            )));
+            return Err(Error::AlreadyExists(format!("a recipe named {name:?} exists")));
         }
         let record = RecipeRecord::new(name, settings);
         let store = self.store.clone();
@@ -164,13 +162,14 @@ impl Registry {
     }
 
     /// Replaces a recipe's settings; rebuilds the reference from the stored
-    /// good frames when the new settings change what it holds.
+    /// good frames when the new settings change what it holds (the flag says
+    /// whether it did).
     pub async fn update(
         &self,
         name: &str,
         settings: RecipeSettings,
         worker: &Worker,
-    ) -> Result<Arc<RecipeState>, ServiceError> {
+    ) -> Result<(Arc<RecipeState>, bool), Error> {
         self.validate(&settings)?;
         let _write = self.writes.lock().await;
         let current = self.get(name)?;
@@ -197,7 +196,7 @@ impl Registry {
                 None => None,
             }
         };
-        self.commit(record, judge).await
+        Ok((self.commit(record, judge).await?, rebuild))
     }
 
     /// Adds good frames (or replaces them all) and rebuilds the reference
@@ -208,14 +207,12 @@ impl Registry {
         frames: Vec<OwnedFrame>,
         replace: bool,
         worker: &Worker,
-    ) -> Result<Arc<RecipeState>, ServiceError> {
+    ) -> Result<Arc<RecipeState>, Error> {
         let _write = self.writes.lock().await;
         let current = self.get(name)?;
         let mut record = current.record.clone();
         if frames.is_empty() && (replace || record.frame_count == 0) {
-            return Err(ServiceError::InvalidArgument(
-                "the call carried no good frame".into(),
-            ));
+            return Err(Error::InvalidArgument("the call carried no good frame".into()));
         }
         let mut all = if replace {
             Vec::new()
@@ -233,7 +230,7 @@ impl Registry {
         let saved = reference.clone();
         let file = blocking(move || {
             for (offset, frame) in frames.iter().enumerate() {
-                store.save_frame(&recipe, old_end + offset as u32, &frame.to_stored())?;
+                store.save_frame(&recipe, old_end + offset as u32, frame)?;
             }
             store.save_reference(&recipe, revision, &saved)
         })
@@ -255,7 +252,7 @@ impl Registry {
         &self,
         record: RecipeRecord,
         judge: Option<Arc<Judge>>,
-    ) -> Result<Arc<RecipeState>, ServiceError> {
+    ) -> Result<Arc<RecipeState>, Error> {
         let store = self.store.clone();
         let saved = record.clone();
         blocking(move || {
@@ -266,23 +263,19 @@ impl Registry {
         Ok(self.publish(RecipeState { record, judge }))
     }
 
-    async fn read_frames(&self, record: &RecipeRecord) -> Result<Vec<OwnedFrame>, ServiceError> {
+    async fn read_frames(&self, record: &RecipeRecord) -> Result<Vec<OwnedFrame>, Error> {
         let store = self.store.clone();
         let (name, range) = (record.name.clone(), record.frames());
-        let bytes = blocking(move || {
+        blocking(move || {
             range
                 .map(|i| store.read_frame(&name, i))
                 .collect::<Result<Vec<_>, _>>()
         })
-        .await?;
-        bytes
-            .into_iter()
-            .map(|b| OwnedFrame::from_stored(b).map_err(ServiceError::Internal))
-            .collect()
+        .await
     }
 
     /// Deletes a recipe.
-    pub async fn delete(&self, name: &str) -> Result<(), ServiceError> {
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
         let _write = self.writes.lock().await;
         self.get(name)?;
         let store = self.store.clone();
@@ -301,7 +294,7 @@ async fn enroll(
     worker: &Worker,
     settings: RecipeSettings,
     frames: Vec<OwnedFrame>,
-) -> Result<crate::reference::Reference, ServiceError> {
+) -> Result<crate::reference::Reference, Error> {
     let (reply, answer) = oneshot::channel();
     worker.submit(Job::Enroll {
         settings,
@@ -310,6 +303,6 @@ async fn enroll(
     })?;
     answer
         .await
-        .map_err(|_| ServiceError::Unavailable("the engine stopped".into()))?
-        .map_err(ServiceError::from)
+        .map_err(|_| Error::Unavailable("the engine stopped".into()))?
+        .map_err(Error::from)
 }

@@ -4,32 +4,22 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::Limits;
+use crate::imaging::OwnedFrame;
 use crate::proto;
+use crate::proto::convert::{frame_from_proto, recipe_state_to_proto, settings_from_proto};
 use crate::proto::recipes_server::Recipes;
+use crate::server::{Error, Server};
 
-use super::ServiceError;
-use super::convert::settings_from_proto;
-use super::frames::OwnedFrame;
-use super::registry::Registry;
-use super::worker::Worker;
-
-/// The gRPC face of the [`Registry`].
+/// The gRPC face of the core's recipes.
 #[derive(Debug, Clone)]
 pub struct RecipesService {
-    registry: Arc<Registry>,
-    worker: Worker,
-    max_references: usize,
+    server: Arc<Server>,
 }
 
 impl RecipesService {
-    /// Serves `registry`; enrollment runs on `worker`.
-    pub fn new(registry: Arc<Registry>, worker: Worker, limits: &Limits) -> Self {
-        Self {
-            registry,
-            worker,
-            max_references: limits.max_references,
-        }
+    /// Serves the core's recipes.
+    pub fn new(server: Arc<Server>) -> Self {
+        Self { server }
     }
 
     /// Reads an AddReferences stream: the recipe from the first message
@@ -37,22 +27,18 @@ impl RecipesService {
     async fn collect(
         &self,
         mut stream: Streaming<proto::AddReferencesRequest>,
-    ) -> Result<(String, bool, Vec<OwnedFrame>), ServiceError> {
-        let status = |status: Status| {
-            ServiceError::InvalidArgument(format!("reading the stream: {}", status.message()))
-        };
+    ) -> Result<(String, bool, Vec<OwnedFrame>), Status> {
+        let status =
+            |status: Status| Status::invalid_argument(format!("reading the stream: {}", status.message()));
         let Some(first) = stream.message().await.map_err(status)? else {
-            return Err(ServiceError::InvalidArgument(
-                "the stream carried no message".into(),
-            ));
+            return Err(Status::invalid_argument("the stream carried no message"));
         };
         if first.recipe.is_empty() {
-            return Err(ServiceError::InvalidArgument(
-                "the first message must name the recipe".into(),
-            ));
+            return Err(Status::invalid_argument("the first message must name the recipe"));
         }
-        self.registry.get(&first.recipe)?;
+        self.server.recipe(&first.recipe)?;
         let (recipe, replace) = (first.recipe, first.replace);
+        let max = self.server.max_references();
         let mut frames = Vec::new();
         let mut next = Some(proto::AddReferencesRequest {
             recipe: String::new(),
@@ -61,20 +47,20 @@ impl RecipesService {
         });
         while let Some(message) = next {
             if !message.recipe.is_empty() && message.recipe != recipe {
-                return Err(ServiceError::InvalidArgument(format!(
+                return Err(Status::invalid_argument(format!(
                     "message {} names recipe {:?}, the stream is for {recipe:?}",
                     frames.len() + 1,
                     message.recipe
                 )));
             }
             if message.frame.is_some() {
-                if frames.len() == self.max_references {
-                    return Err(ServiceError::InvalidArgument(format!(
-                        "more than {} good frames in one call; send them in several calls or raise --max-references",
-                        self.max_references
-                    )));
+                if frames.len() == max {
+                    return Err(Error::InvalidArgument(format!(
+                        "more than {max} good frames in one call; send them in several calls or raise --max-references"
+                    ))
+                    .into());
                 }
-                frames.push(OwnedFrame::from_proto(message.frame)?);
+                frames.push(frame_from_proto(message.frame)?);
             }
             next = stream.message().await.map_err(status)?;
         }
@@ -88,44 +74,40 @@ impl Recipes for RecipesService {
         &self,
         request: Request<proto::CreateRecipeRequest>,
     ) -> Result<Response<proto::Recipe>, Status> {
+        let peer = request.remote_addr();
         let request = request.into_inner();
         let settings = settings_from_proto(request.settings)?;
-        let state = self.registry.create(request.name, settings).await?;
-        Ok(Response::new(state.to_proto()))
+        let state = self.server.create_recipe(request.name, settings, peer).await?;
+        Ok(Response::new(recipe_state_to_proto(&state)))
     }
 
     async fn update_recipe(
         &self,
         request: Request<proto::UpdateRecipeRequest>,
     ) -> Result<Response<proto::Recipe>, Status> {
+        let peer = request.remote_addr();
         let request = request.into_inner();
         let settings = settings_from_proto(request.settings)?;
-        let state = self
-            .registry
-            .update(&request.name, settings, &self.worker)
-            .await?;
-        Ok(Response::new(state.to_proto()))
+        let (state, _rebuilt) = self.server.update_recipe(&request.name, settings, peer).await?;
+        Ok(Response::new(recipe_state_to_proto(&state)))
     }
 
     async fn add_references(
         &self,
         request: Request<Streaming<proto::AddReferencesRequest>>,
     ) -> Result<Response<proto::Recipe>, Status> {
+        let peer = request.remote_addr();
         let (recipe, replace, frames) = self.collect(request.into_inner()).await?;
-        let state = self
-            .registry
-            .add_references(&recipe, frames, replace, &self.worker)
-            .await?;
-        Ok(Response::new(state.to_proto()))
+        let state = self.server.add_references(&recipe, frames, replace, peer).await?;
+        Ok(Response::new(recipe_state_to_proto(&state)))
     }
 
     async fn get_recipe(
         &self,
         request: Request<proto::GetRecipeRequest>,
     ) -> Result<Response<proto::Recipe>, Status> {
-        Ok(Response::new(
-            self.registry.get(&request.into_inner().name)?.to_proto(),
-        ))
+        let state = self.server.recipe(&request.into_inner().name)?;
+        Ok(Response::new(recipe_state_to_proto(&state)))
     }
 
     async fn list_recipes(
@@ -133,10 +115,10 @@ impl Recipes for RecipesService {
         _request: Request<proto::ListRecipesRequest>,
     ) -> Result<Response<proto::ListRecipesResponse>, Status> {
         let recipes = self
-            .registry
-            .list()
+            .server
+            .recipes()
             .iter()
-            .map(|state| state.to_proto())
+            .map(|state| recipe_state_to_proto(state))
             .collect();
         Ok(Response::new(proto::ListRecipesResponse { recipes }))
     }
@@ -145,7 +127,10 @@ impl Recipes for RecipesService {
         &self,
         request: Request<proto::DeleteRecipeRequest>,
     ) -> Result<Response<proto::DeleteRecipeResponse>, Status> {
-        self.registry.delete(&request.into_inner().name).await?;
+        let peer = request.remote_addr();
+        self.server
+            .delete_recipe(&request.into_inner().name, peer)
+            .await?;
         Ok(Response::new(proto::DeleteRecipeResponse {}))
     }
 }

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::engine::{Engine, EngineError, Enrollment, InspectOptions, Inspection, Judge, RecipeSettings};
-use crate::imaging::Image;
+use crate::engine::{Engine, EngineError, EnrollError, InspectOptions, Inspection, Judge, RecipeSettings};
+use crate::imaging::{Image, OwnedFrame};
 use crate::reference::Reference;
 
-use super::frames::OwnedFrame;
 use super::queue::{Batchable, Queue};
 
 /// Work for the engine thread.
@@ -219,16 +218,14 @@ fn enroll(
     frames: &[OwnedFrame],
 ) -> Result<Reference, JobError> {
     let started = Instant::now();
-    let mut enrollment = Enrollment::new();
-    for (index, frame) in frames.iter().enumerate() {
-        let features = engine
-            .extract(settings, frame.as_data())
-            .map_err(|source| JobError::Frame { index, source })?;
-        enrollment.add(features);
-    }
-    let reference = engine.build_reference(settings, &enrollment)?;
+    let frames = frames.iter().cloned().map(Ok::<_, std::convert::Infallible>);
+    let reference = engine.enroll(settings, frames).map_err(|error| match error {
+        EnrollError::Source { error, .. } => match error {},
+        EnrollError::Frame { index, source } => JobError::Frame { index, source },
+        EnrollError::Build(error) => JobError::Engine(error),
+    })?;
     tracing::info!(
-        frames = frames.len(),
+        frames = reference.image_count,
         threshold = reference.threshold,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "reference built"

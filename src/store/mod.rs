@@ -1,17 +1,20 @@
 //! Embedded persistence in the data folder: one folder per recipe with its
 //! settings (`recipe.json`), reference (`reference.ref`) and the good frames
 //! it was built from (`frames/`, so a settings change can rebuild it).
-//! Every write goes to a temporary file that is synced and renamed over the
-//! old one, so a crash mid-write leaves the previous version intact.
+//! Every write goes through [`atomic::write`], so a crash mid-write leaves
+//! the previous version intact.
+
+pub mod atomic;
+pub mod frames;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::RecipeSettings;
+use crate::imaging::OwnedFrame;
 use crate::reference::{self, Reference};
 
 /// Longest recipe name.
@@ -43,12 +46,19 @@ pub enum StoreError {
     Reference(#[from] reference::ReferenceError),
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+impl StoreError {
+    /// An I/O error while doing `action` to `path`.
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
     }
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::io(action, path, source)
 }
 
 /// Checks a recipe name: letters, digits, `-`, `_`, `.`, 1 to 64 long, and
@@ -127,6 +137,9 @@ fn now() -> (i64, u32) {
     (since.as_secs() as i64, since.subsec_nanos())
 }
 
+/// A recipe folder that could not be read: its name and why.
+pub type Unreadable = (String, StoreError);
+
 /// A recipe as loaded at start-up.
 #[derive(Debug)]
 pub struct StoredRecipe {
@@ -159,8 +172,8 @@ impl Store {
     }
 
     /// Loads every recipe. A recipe that cannot be read is returned in the
-    /// second list with its error, and the others still load.
-    pub fn load_all(&self) -> Result<(Vec<StoredRecipe>, Vec<StoreError>), StoreError> {
+    /// second list with its folder name and error, and the others still load.
+    pub fn load_all(&self) -> Result<(Vec<StoredRecipe>, Vec<Unreadable>), StoreError> {
         let mut loaded = Vec::new();
         let mut damaged = Vec::new();
         let entries = fs::read_dir(&self.root).map_err(io("cannot list", &self.root))?;
@@ -175,7 +188,7 @@ impl Store {
             }
             match self.load(&name) {
                 Ok(recipe) => loaded.push(recipe),
-                Err(error) => damaged.push(error),
+                Err(error) => damaged.push((name, error)),
             }
         }
         Ok((loaded, damaged))
@@ -220,7 +233,7 @@ impl Store {
             path: dir.join("recipe.json"),
             reason: error.to_string(),
         })?;
-        write_atomic(&dir.join("recipe.json"), &json)
+        atomic::write(&dir.join("recipe.json"), &json)
     }
 
     /// Writes the reference for `revision` atomically and returns its file
@@ -233,7 +246,7 @@ impl Store {
         reference: &Reference,
     ) -> Result<String, StoreError> {
         let file = format!("reference-{revision:08}.ref");
-        reference::save(reference, &self.dir(name).join(&file))?;
+        atomic::write(&self.dir(name).join(&file), &reference::to_bytes(reference)?)?;
         Ok(file)
     }
 
@@ -267,16 +280,20 @@ impl Store {
         Ok(())
     }
 
-    /// Stores good frame number `index` (encoded bytes, readable by the
-    /// engine's decoder).
-    pub fn save_frame(&self, name: &str, index: u32, bytes: &[u8]) -> Result<(), StoreError> {
-        write_atomic(&self.frame_path(name, index), bytes)
+    /// Stores good frame number `index` in its file form ([`frames`]).
+    pub fn save_frame(&self, name: &str, index: u32, frame: &OwnedFrame) -> Result<(), StoreError> {
+        let path = self.frame_path(name, index);
+        if let Some(folder) = path.parent() {
+            fs::create_dir_all(folder).map_err(io("cannot create", folder))?;
+        }
+        atomic::write(&path, &frames::encode(frame))
     }
 
     /// Reads good frame number `index`.
-    pub fn read_frame(&self, name: &str, index: u32) -> Result<Vec<u8>, StoreError> {
+    pub fn read_frame(&self, name: &str, index: u32) -> Result<OwnedFrame, StoreError> {
         let path = self.frame_path(name, index);
-        fs::read(&path).map_err(io("cannot read", &path))
+        let bytes = fs::read(&path).map_err(io("cannot read", &path))?;
+        frames::decode(bytes).map_err(|reason| StoreError::Damaged { path, reason })
     }
 
     /// Deletes a recipe: its folder is first renamed away (atomic), then
@@ -287,31 +304,6 @@ impl Store {
         fs::rename(&dir, &trash).map_err(io("cannot delete", &dir))?;
         fs::remove_dir_all(&trash).map_err(io("cannot remove", &trash))
     }
-}
-
-/// Writes `bytes` to `path` through a synced temporary file in the same
-/// folder and a rename, then syncs the folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
-    let temporary = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let result = (|| {
-        let mut file = fs::File::create(&temporary).map_err(io("cannot create", &temporary))?;
-        file.write_all(bytes).map_err(io("cannot write", &temporary))?;
-        file.sync_all().map_err(io("cannot sync", &temporary))?;
-        fs::rename(&temporary, path).map_err(io("cannot rename into", path))?;
-        if let Ok(folder) = fs::File::open(dir) {
-            let _ = folder.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -335,7 +327,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut record = RecipeRecord::new("part".into(), RecipeSettings::default());
         store.save_record(&record).unwrap();
-        store.save_frame("part", 0, b"frame zero").unwrap();
+        let frame = OwnedFrame::Encoded(bytes::Bytes::from_static(b"frame zero"));
+        store.save_frame("part", 0, &frame).unwrap();
         record.frame_count = 1;
         record.touch();
         store.save_record(&record).unwrap();
@@ -345,7 +338,7 @@ mod tests {
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].record, record);
         assert!(loaded[0].reference.is_none());
-        assert_eq!(store.read_frame("part", 0).unwrap(), b"frame zero");
+        assert_eq!(store.read_frame("part", 0).unwrap(), frame);
 
         store.delete("part").unwrap();
         assert!(!store.exists("part"));
@@ -369,19 +362,9 @@ mod tests {
         assert_eq!(loaded[0].record.name, "good");
         assert_eq!(damaged.len(), 1);
         assert!(
-            damaged[0].to_string().contains("bad/recipe.json is damaged"),
-            "{}",
+            damaged[0].0 == "bad" && damaged[0].1.to_string().contains("bad/recipe.json is damaged"),
+            "{:?}",
             damaged[0]
         );
-    }
-
-    #[test]
-    fn an_atomic_write_leaves_no_temporary_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.json");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -1,27 +1,47 @@
-//! The feature model: its manifest, the contract check at load time, and
-//! inference through ONNX Runtime. Nothing above this module sees `ort`.
+//! What a model promises (its manifest, read from the JSON file beside the
+//! `.onnx`), where its bytes come from, and the contract check of a session's
+//! declared tensors against the manifest.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{TensorRef, ValueType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::Runtime;
+use super::ModelError;
 
 /// The bundled model, compiled into the binary so that it runs from anywhere.
-const BUNDLED_ONNX: &[u8] = include_bytes!("../models/efficientnet-lite0-features.onnx");
+const BUNDLED_ONNX: &[u8] = include_bytes!("../../models/efficientnet-lite0-features.onnx");
 /// The bundled model's manifest.
-const BUNDLED_MANIFEST: &str = include_str!("../models/efficientnet-lite0-features.json");
+const BUNDLED_MANIFEST: &str = include_str!("../../models/efficientnet-lite0-features.json");
+
+/// What kind of output a model gives, which decides how the engine uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Patch features (`[N, C, H/stride, W/stride]`) that the engine searches
+    /// in the golden reference. A manifest without `kind` is of this kind.
+    #[default]
+    PatchFeatures,
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PatchFeatures => "patch_features",
+        })
+    }
+}
 
 /// What a model promises: read from the JSON file next to the `.onnx`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Model name, reported in logs and benchmark reports.
     pub name: String,
+    /// What the model outputs. A manifest naming a kind this build does not
+    /// know is refused when it is read.
+    #[serde(default)]
+    pub kind: ModelKind,
     /// The `.onnx` file name, relative to the manifest.
     pub file: String,
     /// Hex sha256 of the `.onnx` file.
@@ -69,56 +89,6 @@ pub struct Normalization {
     pub std: [f32; 3],
 }
 
-/// Errors of this layer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ModelError {
-    /// The model or manifest file cannot be read or parsed.
-    #[error("model {origin}: {reason}")]
-    Read {
-        /// Which model.
-        origin: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The `.onnx` bytes are not the ones the manifest describes.
-    #[error("model {origin}: sha256 is {actual}, the manifest says {expected}")]
-    Checksum {
-        /// Which model.
-        origin: String,
-        /// From the manifest.
-        expected: String,
-        /// Of the file.
-        actual: String,
-    },
-    /// The session's inputs or outputs differ from the manifest.
-    #[error("model {origin} does not match its manifest: {reason}")]
-    Contract {
-        /// Which model.
-        origin: String,
-        /// The first difference found.
-        reason: String,
-    },
-    /// An input size the model cannot take.
-    #[error("model input {width}x{height} is not allowed: {reason}")]
-    InputSize {
-        /// Requested width.
-        width: usize,
-        /// Requested height.
-        height: usize,
-        /// Why not.
-        reason: String,
-    },
-    /// ONNX Runtime failed.
-    #[error("ONNX Runtime: {0}")]
-    Ort(String),
-}
-
-impl From<ort::Error> for ModelError {
-    fn from(error: ort::Error) -> Self {
-        Self::Ort(error.to_string())
-    }
-}
-
 /// A model's bytes and manifest, before a session exists.
 #[derive(Debug, Clone)]
 pub struct ModelSource {
@@ -160,6 +130,15 @@ impl ModelSource {
             manifest,
             origin,
         })
+    }
+
+    /// The model at `path` (see [`ModelSource::from_path`]), or the bundled
+    /// one.
+    pub fn open(path: Option<&Path>) -> Result<Self, ModelError> {
+        match path {
+            Some(path) => Self::from_path(path),
+            None => Self::bundled(),
+        }
     }
 
     /// Checks the bytes against the manifest's sha256.
@@ -238,149 +217,6 @@ pub fn check_contract(
         return Err("the manifest's output must be [N, channels, H, W]".to_owned());
     }
     Ok(())
-}
-
-fn declare(outlet: &ort::value::Outlet) -> TensorDecl {
-    match outlet.dtype() {
-        ValueType::Tensor { ty, shape, .. } => TensorDecl {
-            name: outlet.name().to_owned(),
-            is_f32: *ty == ort::value::TensorElementType::Float32,
-            shape: shape.iter().copied().collect(),
-        },
-        _ => TensorDecl {
-            name: outlet.name().to_owned(),
-            is_f32: false,
-            shape: Vec::new(),
-        },
-    }
-}
-
-/// Shape of one feature batch: `[batch, channels, height, width]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeatureShape {
-    /// Images in the batch.
-    pub batch: usize,
-    /// Channels per cell.
-    pub channels: usize,
-    /// Cells down.
-    pub height: usize,
-    /// Cells across.
-    pub width: usize,
-}
-
-/// A loaded, checked feature model. Owns its session; not shared between
-/// threads (a worker thread owns one).
-#[derive(Debug)]
-pub struct FeatureModel {
-    session: Session,
-    manifest: Manifest,
-    threads: usize,
-}
-
-impl FeatureModel {
-    /// Creates a session with `threads` intra-op threads, then checks the
-    /// checksum and the session's inputs and outputs against the manifest.
-    pub fn load(runtime: &Runtime, source: &ModelSource, threads: usize) -> Result<Self, ModelError> {
-        source.verify_checksum()?;
-        let session = Session::builder(&runtime.environment)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(ort::Error::from)?
-            .with_intra_threads(threads.max(1))
-            .map_err(ort::Error::from)?
-            .with_inter_threads(1)
-            .map_err(ort::Error::from)?
-            // ONNX Runtime's workers otherwise spin after each run, taking
-            // the cores from the search that follows.
-            .with_intra_op_spinning(false)
-            .map_err(ort::Error::from)?
-            .commit_from_memory(&source.onnx)?;
-        let inputs: Vec<TensorDecl> = session.inputs().iter().map(declare).collect();
-        let outputs: Vec<TensorDecl> = session.outputs().iter().map(declare).collect();
-        check_contract(&source.manifest, &inputs, &outputs).map_err(|reason| ModelError::Contract {
-            origin: source.origin.clone(),
-            reason,
-        })?;
-        Ok(Self {
-            session,
-            manifest: source.manifest.clone(),
-            threads: threads.max(1),
-        })
-    }
-
-    /// The manifest the model was checked against.
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
-    }
-
-    /// The intra-op threads the session was made with; the search uses as
-    /// many.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    /// Checks that the model can take a `width` x `height` input.
-    pub fn check_input_size(&self, width: usize, height: usize) -> Result<(), ModelError> {
-        check_input_size(&self.manifest, width, height)
-    }
-
-    /// Runs the model on `input`, an NCHW float32 batch of `batch` images of
-    /// `height` x `width`, and writes the features (NCHW) into `features`,
-    /// which is resized and reused across calls.
-    pub fn run(
-        &mut self,
-        input: &[f32],
-        batch: usize,
-        height: usize,
-        width: usize,
-        features: &mut Vec<f32>,
-    ) -> Result<FeatureShape, ModelError> {
-        self.check_input_size(width, height)?;
-        if input.len() != batch * 3 * height * width {
-            return Err(ModelError::InputSize {
-                width,
-                height,
-                reason: format!(
-                    "the buffer holds {} values, not {batch}x3x{height}x{width}",
-                    input.len()
-                ),
-            });
-        }
-        let tensor = TensorRef::from_array_view(([batch, 3, height, width], input))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.manifest.input.name.as_str() => tensor])?;
-        let (shape, data) = outputs[self.manifest.output.name.as_str()].try_extract_tensor::<f32>()?;
-        let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-        let stride = self.manifest.output.stride as usize;
-        let expected = [
-            batch,
-            self.manifest.output.channels as usize,
-            height / stride,
-            width / stride,
-        ];
-        if dims != expected {
-            return Err(ModelError::Contract {
-                origin: self.manifest.name.clone(),
-                reason: format!("output shape {dims:?}, expected {expected:?}"),
-            });
-        }
-        features.clear();
-        features.extend_from_slice(data);
-        Ok(FeatureShape {
-            batch,
-            channels: expected[1],
-            height: expected[2],
-            width: expected[3],
-        })
-    }
-
-    /// Runs one image of the given size through the model, so that the first
-    /// real request does not pay for ONNX Runtime's lazy initialisation.
-    pub fn warm_up(&mut self, width: usize, height: usize) -> Result<(), ModelError> {
-        let input = vec![0.0; 3 * width * height];
-        let mut features = Vec::new();
-        self.run(&input, 1, height, width, &mut features).map(|_| ())
-    }
 }
 
 /// Checks that `width` x `height` is a positive multiple of the manifest's

@@ -1,0 +1,247 @@
+//! Command-line flags (each with a `LOUPE_*` environment variable) and the
+//! validated configuration they resolve into, one file per command: `serve`,
+//! the client commands (`recipe`, `inspect`), `bench`, and the engine and
+//! recipe-settings flags they share.
+
+mod bench;
+mod client;
+mod engine;
+mod serve;
+mod settings;
+
+use clap::{Parser, Subcommand};
+
+pub use bench::{BenchArgs, FormatArg};
+pub use client::{InspectArgs, RecipeAction, RecipeArgs, ServerArgs};
+pub use engine::{EngineArgs, EngineConfig};
+pub use serve::{DEFAULT_MAX_BATCH, Limits, ServeArgs, ServeConfig};
+pub use settings::SettingsArgs;
+
+/// Loupe: visual quality inspection against a golden reference, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "loupe", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter, in `tracing` env-filter syntax (`info`, `loupe=debug`, ...).
+    #[arg(long, env = "LOUPE_LOG", default_value = "info,ort=warn", global = true)]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the gRPC inspection service.
+    Serve(ServeArgs),
+    /// Manages recipes on a running server.
+    Recipe(RecipeArgs),
+    /// Inspects image files on a running server and prints the verdicts.
+    Inspect(InspectArgs),
+    /// Benchmarks a recipe on a folder of images (MVTec AD layout or golden
+    /// pairs): AUROC, F1, false-reject and escape rates, pixel AUROC, AUPRO,
+    /// defect recall, latency; a summary on stdout and, with --out, report
+    /// files.
+    Bench(BenchArgs),
+}
+
+/// A flag value that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    /// The flag's long name.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn at_least(flag: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError {
+            flag,
+            reason: format!("must be at least {min}, got {value}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use clap::CommandFactory;
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, String> {
+        let cli = Cli::try_parse_from(["loupe", "serve"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let Command::Serve(serve) = cli.command else {
+            unreachable!("parsed `serve`");
+        };
+        serve.resolve().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn settings_flags_override_the_base() {
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "recipe",
+            "create",
+            "part",
+            "--input-size",
+            "320x160",
+            "--mode",
+            "aligned",
+            "--roi",
+            "1,2,30,40",
+            "--threshold",
+            "2.5",
+        ])
+        .unwrap();
+        let Command::Recipe(RecipeArgs {
+            action: RecipeAction::Create { name, settings },
+            ..
+        }) = cli.command
+        else {
+            panic!("parsed as something else");
+        };
+        assert_eq!(name, "part");
+        let settings = settings.apply(crate::engine::RecipeSettings::default()).unwrap();
+        assert_eq!((settings.input_width, settings.input_height), (320, 160));
+        assert_eq!(settings.match_mode, crate::engine::MatchMode::Aligned);
+        assert_eq!(
+            settings.roi.map(|r| (r.x, r.y, r.width, r.height)),
+            Some((1, 2, 30, 40))
+        );
+        assert_eq!(settings.threshold, Some(2.5));
+        assert!(settings::parse_size("256").is_err());
+        assert!(settings::parse_roi("1,2,3").is_err());
+    }
+
+    #[test]
+    fn bench_flags_are_parsed() {
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "bench",
+            "data/tiles",
+            "--format",
+            "pairs",
+            "--out",
+            "/tmp/r",
+            "--train-limit",
+            "20",
+            "--mode",
+            "global",
+            "--input-size",
+            "128x128",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("parsed as something else");
+        };
+        assert_eq!(args.dir, PathBuf::from("data/tiles"));
+        assert_eq!(args.format, Some(FormatArg::Pairs));
+        assert_eq!(args.train_limit, Some(20));
+        assert_eq!(args.gallery, 6);
+        assert!(args.server.is_none());
+        let settings = args
+            .settings
+            .apply(crate::engine::RecipeSettings::default())
+            .unwrap();
+        assert_eq!(
+            (settings.input_width, settings.match_mode),
+            (128, crate::engine::MatchMode::Global)
+        );
+    }
+
+    #[test]
+    fn a_cuda_device_needs_a_cuda_build() {
+        let result = serve(&["--device", "cuda:1"]);
+        if cfg!(feature = "cuda") {
+            assert_eq!(result.unwrap().engine.model.device, crate::model::Device::Cuda(1));
+        } else {
+            let error = result.unwrap_err();
+            assert!(
+                error.starts_with("--device: cuda:1: this build has no CUDA support"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("loupe-data"));
+        assert_eq!(config.limits.max_message_bytes, 64 << 20);
+        assert!(config.engine.model.threads >= 1);
+        assert!(config.engine.model.path.is_none());
+        assert_eq!(config.engine.model.device, crate::model::Device::Cpu);
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let config = serve(&[
+            "--listen",
+            "0.0.0.0:6000",
+            "--data-dir",
+            "/tmp/x",
+            "--threads",
+            "3",
+            "--max-pending",
+            "5",
+            "--onnxruntime",
+            "/opt/ort.so",
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.engine.model.threads, 3);
+        assert_eq!(config.limits.max_pending, 5);
+        assert_eq!(config.engine.onnxruntime, Some(PathBuf::from("/opt/ort.so")));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_name() {
+        assert!(serve(&["--listen", "nowhere"]).unwrap_err().contains("--listen"));
+        assert!(serve(&["--threads", "0"]).unwrap_err().contains("--threads"));
+        assert!(
+            serve(&["--device", "gpu"])
+                .unwrap_err()
+                .contains("cpu, cuda or cuda:N")
+        );
+        assert!(
+            serve(&["--max-message-bytes", "10"])
+                .unwrap_err()
+                .contains("at least 1024")
+        );
+    }
+
+    #[test]
+    fn every_flag_has_an_env_variable_and_help() {
+        fn walk(command: &clap::Command) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_positional() {
+                    continue;
+                }
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                assert!(
+                    env.as_deref().is_some_and(|e| e.starts_with("LOUPE_")),
+                    "{} --{id} has no LOUPE_ env variable",
+                    command.get_name()
+                );
+                assert!(arg.get_help().is_some(), "--{id} has no help");
+            }
+            for sub in command.get_subcommands() {
+                walk(sub);
+            }
+        }
+        walk(&Cli::command());
+    }
+}

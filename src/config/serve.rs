@@ -1,0 +1,134 @@
+//! Flags of `loupe serve` and the configuration they resolve into.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{ConfigError, EngineArgs, EngineConfig, at_least};
+
+/// Flags of `loupe serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "LOUPE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Folder for recipes and references; created if missing.
+    #[arg(
+        long,
+        env = "LOUPE_DATA_DIR",
+        default_value = "loupe-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, env = "LOUPE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Largest frame accepted, in pixels (width x height), checked before
+    /// any pixel memory is allocated. Also caps what an encoded file may
+    /// claim, which stops decompression bombs.
+    #[arg(long, env = "LOUPE_MAX_FRAME_PIXELS", default_value_t = 64 << 20)]
+    pub max_frame_pixels: u64,
+
+    /// Most good frames one AddReferences call may send.
+    #[arg(long, env = "LOUPE_MAX_REFERENCES", default_value_t = 1000)]
+    pub max_references: usize,
+
+    /// Most frames accepted for inspection at once (running or waiting);
+    /// beyond that a request gets RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "LOUPE_MAX_PENDING", default_value_t = 64)]
+    pub max_pending: usize,
+
+    /// Most waiting frames of one recipe judged together in one model run
+    /// and one search (1 turns batching off). Only frames that are already
+    /// waiting are batched; none is held back to fill a batch.
+    #[arg(long, env = "LOUPE_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+
+    /// Seconds to let in-flight requests finish after SIGINT or SIGTERM.
+    #[arg(long, env = "LOUPE_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Waiting frames judged together by default. With 4 frames in flight on a
+/// stream, batches of 2 leave the other 2 frames travelling and decoding
+/// while the engine works; batches of up to 4 measured slower
+/// (`cargo bench --bench service`).
+pub const DEFAULT_MAX_BATCH: usize = 2;
+
+/// Resolved limits on what a client may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest gRPC message, bytes.
+    pub max_message_bytes: usize,
+    /// Largest frame, pixels.
+    pub max_frame_pixels: u64,
+    /// Most frames in one AddReferences call.
+    pub max_references: usize,
+    /// Most frames accepted for inspection at once.
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 << 20,
+            max_frame_pixels: 64 << 20,
+            max_references: 1000,
+            max_pending: 64,
+        }
+    }
+}
+
+/// Resolved `loupe serve` configuration, passed down whole.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Data folder.
+    pub data_dir: PathBuf,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// Client limits.
+    pub limits: Limits,
+    /// Most waiting frames judged in one model run.
+    pub max_batch: usize,
+    /// Grace period at shutdown.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl ServeArgs {
+    /// Validates the flags into a [`ServeConfig`].
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        at_least("max-message-bytes", self.max_message_bytes as u64, 1024)?;
+        at_least("max-frame-pixels", self.max_frame_pixels, 1)?;
+        at_least("max-references", self.max_references as u64, 1)?;
+        at_least("max-pending", self.max_pending as u64, 1)?;
+        at_least("max-batch", self.max_batch as u64, 1)?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError {
+                flag: "data-dir",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        Ok(ServeConfig {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            engine: self.engine.resolve()?,
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes,
+                max_frame_pixels: self.max_frame_pixels,
+                max_references: self.max_references,
+                max_pending: self.max_pending,
+            },
+            max_batch: self.max_batch,
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
+        })
+    }
+}

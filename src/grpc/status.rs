@@ -1,0 +1,63 @@
+//! The core's errors as gRPC status codes: one exhaustive conversion.
+
+use tonic::{Code, Status};
+
+use crate::engine::EngineError;
+use crate::imaging::ImagingError;
+use crate::model::ModelError;
+use crate::proto::convert::ConvertError;
+use crate::server::Error;
+
+/// The code of an engine error: the caller's fault, a missing reference, or
+/// Loupe's own.
+fn engine_code(error: &EngineError) -> Code {
+    match error {
+        EngineError::Frame(ImagingError::InvalidInput(_))
+        | EngineError::InvalidSettings(_)
+        | EngineError::Model(ModelError::InputSize { .. }) => Code::InvalidArgument,
+        EngineError::NoReferences | EngineError::ReferenceMismatch(_) => Code::FailedPrecondition,
+        EngineError::Frame(ImagingError::Internal(_))
+        | EngineError::Model(
+            ModelError::Read { .. }
+            | ModelError::Checksum { .. }
+            | ModelError::Contract { .. }
+            | ModelError::Device { .. }
+            | ModelError::Ort(_),
+        )
+        | EngineError::Reference(_)
+        | EngineError::Heatmap(_) => Code::Internal,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        let code = match &error {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Engine(engine) | Error::ReferenceFrame { source: engine, .. } => engine_code(engine),
+            Error::Store(_) | Error::Internal(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(%message, "internal error");
+        }
+        Status::new(code, message)
+    }
+}
+
+/// A message that cannot be converted is the caller's fault.
+impl From<ConvertError> for Status {
+    fn from(error: ConvertError) -> Self {
+        Status::invalid_argument(error.0)
+    }
+}
+
+/// A conversion error as the core's, for a stream's per-frame answer.
+pub(super) fn refused(error: ConvertError) -> Error {
+    Error::InvalidArgument(error.0)
+}

@@ -1,0 +1,355 @@
+//! Conversions between proto messages and Loupe's types. Zero and unset
+//! proto fields become the documented defaults here, in one place.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::engine::{self, HeatmapFormat, InspectOptions, MatchMode, RecipeSettings, Verdict};
+use crate::imaging::{OwnedFrame, PixelFormat, Roi};
+use crate::proto;
+use crate::server::{InspectRequest, Inspected, RecipeState, Timings};
+use crate::store::RecipeRecord;
+
+/// A message that cannot be used: the text says what was expected and what
+/// came (INVALID_ARGUMENT on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConvertError(pub String);
+
+fn invalid(message: impl Into<String>) -> ConvertError {
+    ConvertError(message.into())
+}
+
+/// Engine settings from the proto message (`None`: all defaults).
+pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<RecipeSettings, ConvertError> {
+    let defaults = RecipeSettings::default();
+    let Some(p) = settings else {
+        return Ok(defaults);
+    };
+    let match_mode = match proto::MatchMode::try_from(p.match_mode) {
+        Ok(proto::MatchMode::Unspecified | proto::MatchMode::Global) => MatchMode::Global,
+        Ok(proto::MatchMode::Aligned) => MatchMode::Aligned,
+        Err(_) => return Err(invalid(format!("unknown match_mode {}", p.match_mode))),
+    };
+    let or = |value: u32, default: u32| if value == 0 { default } else { value };
+    Ok(RecipeSettings {
+        input_width: or(p.input_width, defaults.input_width),
+        input_height: or(p.input_height, defaults.input_height),
+        keep_aspect: p.keep_aspect,
+        match_mode,
+        neighborhood: or(p.neighborhood, defaults.neighborhood),
+        min_region_area: p.min_region_area,
+        threshold: p.threshold,
+        sensitivity: if p.sensitivity == 0.0 {
+            defaults.sensitivity
+        } else {
+            p.sensitivity
+        },
+        roi: p.roi.filter(|r| r.width != 0 || r.height != 0).map(|r| Roi {
+            x: r.x,
+            y: r.y,
+            width: r.width,
+            height: r.height,
+        }),
+        mask_png: p.mask_png.to_vec(),
+        reference_size: or(p.reference_size, defaults.reference_size),
+    })
+}
+
+/// The proto form of engine settings, defaults filled in.
+pub fn settings_to_proto(settings: &RecipeSettings) -> proto::RecipeSettings {
+    proto::RecipeSettings {
+        input_width: settings.input_width,
+        input_height: settings.input_height,
+        match_mode: mode_to_proto(settings.match_mode) as i32,
+        neighborhood: settings.neighborhood,
+        min_region_area: settings.min_region_area,
+        threshold: settings.threshold,
+        sensitivity: settings.sensitivity,
+        roi: settings.roi.map(|r| proto::Roi {
+            x: r.x,
+            y: r.y,
+            width: r.width,
+            height: r.height,
+        }),
+        mask_png: settings.mask_png.clone().into(),
+        reference_size: settings.reference_size,
+        keep_aspect: settings.keep_aspect,
+    }
+}
+
+/// The proto form of a recipe as the core holds it.
+pub fn recipe_state_to_proto(state: &RecipeState) -> proto::Recipe {
+    recipe_to_proto(&state.record, state.threshold())
+}
+
+/// The proto form of a recipe.
+pub fn recipe_to_proto(record: &RecipeRecord, threshold: f32) -> proto::Recipe {
+    proto::Recipe {
+        name: record.name.clone(),
+        revision: record.revision,
+        reference_count: record.reference_count,
+        threshold,
+        settings: Some(settings_to_proto(&record.settings)),
+        updated_at: Some(prost_types::Timestamp {
+            seconds: record.updated_at.0,
+            nanos: record.updated_at.1 as i32,
+        }),
+    }
+}
+
+/// Engine options from the request's heatmap options.
+pub fn inspect_options(heatmap: Option<proto::HeatmapOptions>) -> Result<InspectOptions, ConvertError> {
+    let Some(heatmap) = heatmap else {
+        return Ok(InspectOptions::default());
+    };
+    let format = match proto::HeatmapFormat::try_from(heatmap.format) {
+        Ok(proto::HeatmapFormat::None) => return Ok(InspectOptions::default()),
+        Ok(proto::HeatmapFormat::RawU8) => HeatmapFormat::RawU8,
+        Ok(proto::HeatmapFormat::Png) => HeatmapFormat::Png,
+        Ok(proto::HeatmapFormat::OverlayPng) => HeatmapFormat::OverlayPng,
+        Err(_) => return Err(invalid(format!("unknown heatmap format {}", heatmap.format))),
+    };
+    Ok(InspectOptions {
+        heatmap: Some((format, heatmap.max_size)),
+    })
+}
+
+fn micros(duration: Duration) -> u64 {
+    duration.as_micros() as u64
+}
+
+/// The core's request for a proto request; `deadline` and `peer` come from
+/// the transport.
+pub fn inspect_request_from_proto(
+    request: proto::InspectRequest,
+    deadline: Option<Instant>,
+    peer: Option<SocketAddr>,
+) -> Result<InspectRequest, ConvertError> {
+    let options = inspect_options(request.heatmap)?;
+    let frame = frame_from_proto(request.frame)?;
+    Ok(InspectRequest {
+        recipe: request.recipe,
+        frame,
+        frame_id: request.frame_id,
+        options,
+        deadline,
+        peer,
+    })
+}
+
+/// The response for a judged frame.
+pub fn inspected_to_proto(inspected: Inspected) -> proto::InspectResponse {
+    let Timings {
+        decode,
+        queue,
+        preprocess,
+        inference,
+        postprocess,
+        total,
+    } = inspected.timings;
+    proto::InspectResponse {
+        frame_id: inspected.frame_id,
+        verdict: verdict_to_proto(inspected.verdict) as i32,
+        score: inspected.score,
+        threshold: inspected.threshold,
+        normalized_score: inspected.normalized_score,
+        regions: inspected.regions.iter().map(region_to_proto).collect(),
+        heatmap: inspected.heatmap.map(|h| proto::Heatmap {
+            width: h.width,
+            height: h.height,
+            data: h.data.into(),
+            media_type: h.media_type.to_owned(),
+            scale: h.scale,
+        }),
+        timings: Some(proto::Timings {
+            decode_us: micros(decode),
+            queue_us: micros(queue),
+            preprocess_us: micros(preprocess),
+            inference_us: micros(inference),
+            postprocess_us: micros(postprocess),
+            total_us: micros(total),
+        }),
+        recipe_revision: inspected.revision,
+        error: None,
+    }
+}
+
+/// The proto verdict.
+pub fn verdict_to_proto(verdict: Verdict) -> proto::Verdict {
+    match verdict {
+        Verdict::Pass => proto::Verdict::Pass,
+        Verdict::Fail => proto::Verdict::Fail,
+    }
+}
+
+/// The verdict of a proto value; `None` for UNSPECIFIED and unknown values.
+pub fn verdict_from_proto(value: i32) -> Option<Verdict> {
+    match proto::Verdict::try_from(value) {
+        Ok(proto::Verdict::Pass) => Some(Verdict::Pass),
+        Ok(proto::Verdict::Fail) => Some(Verdict::Fail),
+        Ok(proto::Verdict::Unspecified) | Err(_) => None,
+    }
+}
+
+/// A defect region of the response, as Loupe's type.
+pub fn region_from_proto(region: &proto::DefectRegion) -> engine::Region {
+    engine::Region {
+        x: region.x,
+        y: region.y,
+        width: region.width,
+        height: region.height,
+        area: region.area,
+        max_score: region.max_score,
+        mean_score: region.mean_score,
+    }
+}
+
+/// Takes the frame out of a request message (the bytes are shared, not
+/// copied).
+pub fn frame_from_proto(frame: Option<proto::Frame>) -> Result<OwnedFrame, ConvertError> {
+    let image = frame
+        .and_then(|f| f.image)
+        .ok_or_else(|| invalid("the request has no frame"))?;
+    match image {
+        proto::frame::Image::Encoded(bytes) => {
+            if bytes.is_empty() {
+                return Err(invalid("the encoded frame is empty"));
+            }
+            Ok(OwnedFrame::Encoded(bytes))
+        }
+        proto::frame::Image::Raw(raw) => Ok(OwnedFrame::Raw {
+            width: raw.width,
+            height: raw.height,
+            stride: raw.stride,
+            format: pixel_format(raw.pixel_format)?,
+            data: raw.data,
+        }),
+    }
+}
+
+/// An encoded image file as a request frame.
+pub fn encoded_frame(bytes: impl Into<bytes::Bytes>) -> proto::Frame {
+    proto::Frame {
+        image: Some(proto::frame::Image::Encoded(bytes.into())),
+    }
+}
+
+/// The pixel format of a proto enum value.
+pub fn pixel_format(value: i32) -> Result<PixelFormat, ConvertError> {
+    use proto::PixelFormat as P;
+    match P::try_from(value) {
+        Ok(P::Mono8) => Ok(PixelFormat::Mono8),
+        Ok(P::Mono16) => Ok(PixelFormat::Mono16),
+        Ok(P::Rgb8) => Ok(PixelFormat::Rgb8),
+        Ok(P::Bgr8) => Ok(PixelFormat::Bgr8),
+        Ok(P::Rgba8) => Ok(PixelFormat::Rgba8),
+        Ok(P::Bgra8) => Ok(PixelFormat::Bgra8),
+        Ok(P::Unspecified) => Err(invalid(
+            "raw frame has no pixel_format; set MONO8, MONO16, RGB8, BGR8, RGBA8 or BGRA8",
+        )),
+        Err(_) => Err(invalid(format!("unknown pixel_format {value}"))),
+    }
+}
+
+/// The proto form of a matching mode.
+pub fn mode_to_proto(mode: MatchMode) -> proto::MatchMode {
+    match mode {
+        MatchMode::Global => proto::MatchMode::Global,
+        MatchMode::Aligned => proto::MatchMode::Aligned,
+    }
+}
+
+fn region_to_proto(region: &engine::Region) -> proto::DefectRegion {
+    proto::DefectRegion {
+        x: region.x,
+        y: region.y,
+        width: region.width,
+        height: region.height,
+        area: region.area,
+        max_score: region.max_score,
+        mean_score: region.mean_score,
+    }
+}
+
+/// The stream response for a frame that failed with `status`.
+pub fn error_response(frame_id: String, status: &tonic::Status) -> proto::InspectResponse {
+    proto::InspectResponse {
+        frame_id,
+        verdict: proto::Verdict::Unspecified as i32,
+        error: Some(proto::FrameError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_fields_take_the_defaults_and_round_trip() {
+        let settings = settings_from_proto(Some(proto::RecipeSettings::default())).unwrap();
+        assert_eq!(settings, RecipeSettings::default());
+        let aligned = proto::RecipeSettings {
+            match_mode: proto::MatchMode::Aligned as i32,
+            input_width: 320,
+            threshold: Some(2.0),
+            roi: Some(proto::Roi {
+                x: 1,
+                y: 2,
+                width: 30,
+                height: 40,
+            }),
+            ..Default::default()
+        };
+        let engine = settings_from_proto(Some(aligned)).unwrap();
+        assert_eq!(engine.match_mode, MatchMode::Aligned);
+        assert_eq!((engine.input_width, engine.input_height), (320, 256));
+        assert_eq!(
+            settings_from_proto(Some(settings_to_proto(&engine))).unwrap(),
+            engine
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_invalid() {
+        let bad = proto::RecipeSettings {
+            match_mode: 42,
+            ..Default::default()
+        };
+        assert!(
+            settings_from_proto(Some(bad))
+                .unwrap_err()
+                .0
+                .contains("match_mode")
+        );
+        let heatmap = proto::HeatmapOptions {
+            format: 9,
+            max_size: 0,
+        };
+        assert!(inspect_options(Some(heatmap)).is_err());
+    }
+
+    #[test]
+    fn a_missing_frame_or_format_is_invalid() {
+        assert!(frame_from_proto(None).unwrap_err().0.contains("no frame"));
+        let raw = proto::Frame {
+            image: Some(proto::frame::Image::Raw(proto::RawImage {
+                width: 1,
+                height: 1,
+                stride: 0,
+                pixel_format: 0,
+                data: vec![0].into(),
+            })),
+        };
+        assert!(
+            frame_from_proto(Some(raw))
+                .unwrap_err()
+                .0
+                .contains("pixel_format")
+        );
+    }
+}

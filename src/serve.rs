@@ -1,0 +1,177 @@
+//! `loupe serve`: the server core with its front ends. Builds the event bus,
+//! starts the core (recipes from the data folder, the model on the engine
+//! thread), and serves it over gRPC until shutdown. A new front end (an HTTP
+//! console, a metrics listener) or a subscriber to the core's events is
+//! attached here.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+
+use crate::config::ServeConfig;
+use crate::engine::EngineError;
+use crate::grpc::{self, GrpcError};
+use crate::imaging::DecodeLimits;
+use crate::model::ModelError;
+use crate::runtime::Runtime;
+use crate::server::{Events, Server, ServerConfig, StartError};
+
+/// Why `loupe serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The model could not be read, loaded or warmed up.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(EngineError),
+    /// The core could not start (the data folder, a start-up task).
+    #[error(transparent)]
+    Start(StartError),
+    /// The gRPC transport failed.
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    /// The engine thread died while starting.
+    #[error("the engine thread stopped unexpectedly")]
+    Worker,
+}
+
+impl From<StartError> for ServeError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Model(error) => Self::Model(error),
+            other => Self::Start(other),
+        }
+    }
+}
+
+impl From<EngineError> for ServeError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Model(error) => Self::Model(error),
+            other => Self::Engine(other),
+        }
+    }
+}
+
+/// The core's configuration from `loupe serve`'s.
+pub fn server_config(config: &ServeConfig) -> ServerConfig {
+    ServerConfig {
+        data_dir: config.data_dir.clone(),
+        model: config.engine.model.clone(),
+        decode: DecodeLimits {
+            max_pixels: config.limits.max_frame_pixels,
+        },
+        max_pending: config.limits.max_pending,
+        max_batch: config.max_batch,
+        max_references: config.limits.max_references,
+    }
+}
+
+/// Runs the service on `listener` until `shutdown` completes.
+///
+/// Health reports NOT_SERVING until the model is loaded and warmed on the
+/// engine thread, then SERVING. A model that fails to load stops the server
+/// with that error. After `shutdown`, new calls are refused, calls in flight
+/// get `config.shutdown_grace` to finish, and the function returns.
+pub async fn serve(
+    config: ServeConfig,
+    runtime: Runtime,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with_events(config, runtime, listener, Events::new(), shutdown).await
+}
+
+/// [`serve`], publishing the core's events on `events`, which the caller
+/// may have subscribed to (start-up events included).
+pub async fn serve_with_events(
+    config: ServeConfig,
+    runtime: Runtime,
+    listener: TcpListener,
+    events: Events,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let starting = Server::start(server_config(&config), runtime, events).await?;
+    let server = starting.server;
+
+    let (serving_tx, serving_rx) = tokio::sync::oneshot::channel::<()>();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
+    let ready = starting.ready;
+    tokio::spawn(async move {
+        match ready.await {
+            Ok(Ok(())) => {
+                let _ = serving_tx.send(());
+            }
+            Ok(Err(error)) => {
+                let _ = failed_tx.send(error.into());
+            }
+            Err(_) => {
+                let _ = failed_tx.send(ServeError::Worker);
+            }
+        }
+    });
+    let serving = async move {
+        if serving_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+
+    tracing::info!(addr = ?listener.local_addr().ok(), data_dir = %config.data_dir.display(), "listening for gRPC");
+    let (error_tx, error_rx) = tokio::sync::oneshot::channel::<ServeError>();
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stopped = stopping.clone();
+    let stop = async move {
+        let reason = tokio::select! {
+            () = shutdown => None,
+            Ok(error) = failed_rx => Some(error),
+        };
+        if let Some(error) = reason {
+            let _ = error_tx.send(error);
+        }
+        stopped.notify_one();
+    };
+    let transport = grpc::serve(server, listener, config.limits.max_message_bytes, serving, stop);
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        result = transport => result?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period; stopping anyway");
+        }
+    }
+    match error_rx.await {
+        Ok(error) => Err(error),
+        Err(_) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,331 @@
+//! What happened in the core, for whoever listens: a typed event for every
+//! finished inspection and every recipe change, through a bounded fan-out.
+//!
+//! Each subscriber has its own bounded queue. Publishing never waits: when a
+//! subscriber's queue is full its event is dropped and counted (on the
+//! subscription and in the bus total), so a slow or stuck subscriber never
+//! delays an inspection. Subscribers that are gone are forgotten at the next
+//! event.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::Timings;
+use crate::engine::{Region, Verdict};
+use crate::imaging::{Geometry, Image};
+use crate::scoring::map::AnomalyMap;
+
+/// Events a subscription holds by default before it starts losing them.
+pub const DEFAULT_CAPACITY: usize = 1024;
+
+/// Something that happened in the core.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A frame was judged.
+    Inspection(Arc<InspectionEvent>),
+    /// A recipe changed.
+    Recipe(Arc<RecipeEvent>),
+}
+
+/// A judged frame.
+#[derive(Debug)]
+pub struct InspectionEvent {
+    /// When the verdict was given.
+    pub at: SystemTime,
+    /// The recipe.
+    pub recipe: String,
+    /// Its revision that judged the frame.
+    pub revision: u64,
+    /// The client's frame id.
+    pub frame_id: String,
+    /// Pass or fail.
+    pub verdict: Verdict,
+    /// The anomaly score.
+    pub score: f32,
+    /// The threshold in force.
+    pub threshold: f32,
+    /// Defect regions in frame pixels.
+    pub regions: Vec<Region>,
+    /// Where the time went.
+    pub timings: Timings,
+    /// The client's address, when the transport knows it.
+    pub peer: Option<SocketAddr>,
+    /// The decoded frame and the anomaly map, for subscribers that asked for
+    /// them ([`SubscribeOptions::images`]); `None` when nobody did.
+    pub images: Option<InspectionImages>,
+}
+
+/// The pictures behind a verdict.
+#[derive(Debug, Clone)]
+pub struct InspectionImages {
+    /// The decoded frame (8-bit gray or RGB).
+    pub frame: Arc<Image>,
+    /// The anomaly map at the model input size, over the ROI.
+    pub map: Arc<AnomalyMap>,
+    /// How the map lies on the frame.
+    pub geometry: Geometry,
+}
+
+/// A recipe change.
+#[derive(Debug)]
+pub struct RecipeEvent {
+    /// When it happened.
+    pub at: SystemTime,
+    /// The recipe (the folder name, for a damaged one).
+    pub recipe: String,
+    /// The revision after the change (0 when deleted or damaged).
+    pub revision: u64,
+    /// What changed.
+    pub change: RecipeChange,
+    /// The client's address, when a client made the change.
+    pub peer: Option<SocketAddr>,
+}
+
+/// What changed in a recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecipeChange {
+    /// It was created.
+    Created,
+    /// Its settings changed; `rebuilt` says whether the reference had to be
+    /// built again from the stored good frames.
+    SettingsChanged {
+        /// The reference was rebuilt.
+        rebuilt: bool,
+    },
+    /// Good frames were added (or replaced all the earlier ones).
+    ReferencesAdded {
+        /// Frames in the call.
+        added: u32,
+        /// Whether they replaced the earlier frames.
+        replaced: bool,
+    },
+    /// It was deleted.
+    Deleted,
+    /// It could not be loaded at start-up and is not served.
+    Damaged {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a subscriber wants.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeOptions {
+    /// Events held before later ones are dropped.
+    pub capacity: usize,
+    /// Whether inspection events should carry the frame and the anomaly map
+    /// (the frame's buffer is then kept for the subscriber instead of being
+    /// reused).
+    pub images: bool,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CAPACITY,
+            images: false,
+        }
+    }
+}
+
+struct Subscriber {
+    queue: mpsc::Sender<Event>,
+    images: bool,
+    dropped: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Bus {
+    subscribers: Mutex<Vec<Subscriber>>,
+    dropped: AtomicU64,
+}
+
+/// The fan-out. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct Events {
+    bus: Arc<Bus>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("subscribers", &self.lock().len())
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl Events {
+    /// A bus with no subscriber.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
+        self.bus
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new subscription, which sees events published from now on.
+    pub fn subscribe(&self, options: SubscribeOptions) -> Subscription {
+        let (queue, receiver) = mpsc::channel(options.capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.lock().push(Subscriber {
+            queue,
+            images: options.images,
+            dropped: dropped.clone(),
+        });
+        Subscription { receiver, dropped }
+    }
+
+    /// Whether any live subscriber asked for frames and maps.
+    pub fn wants_images(&self) -> bool {
+        self.lock()
+            .iter()
+            .any(|subscriber| subscriber.images && !subscriber.queue.is_closed())
+    }
+
+    /// Whether anybody listens (so that publishers can skip building events).
+    pub fn has_subscribers(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
+    /// Events dropped so far, over every subscriber.
+    pub fn dropped(&self) -> u64 {
+        self.bus.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Hands `event` to every subscriber that has room; never waits.
+    pub fn publish(&self, event: &Event) {
+        let mut subscribers = self.lock();
+        subscribers.retain(|subscriber| {
+            let event = match event {
+                Event::Inspection(inspection) if !subscriber.images && inspection.images.is_some() => {
+                    Event::Inspection(Arc::new(inspection.without_images()))
+                }
+                other => other.clone(),
+            };
+            match subscriber.queue.try_send(event) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    subscriber.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.bus.dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
+
+impl InspectionEvent {
+    /// The same event without its pictures, for subscribers that did not ask
+    /// for them.
+    fn without_images(&self) -> Self {
+        Self {
+            at: self.at,
+            recipe: self.recipe.clone(),
+            revision: self.revision,
+            frame_id: self.frame_id.clone(),
+            verdict: self.verdict,
+            score: self.score,
+            threshold: self.threshold,
+            regions: self.regions.clone(),
+            timings: self.timings,
+            peer: self.peer,
+            images: None,
+        }
+    }
+}
+
+/// One subscriber's end of the bus. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    receiver: mpsc::Receiver<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the core is gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.receiver.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.receiver.try_recv().ok()
+    }
+
+    /// Events this subscription lost because its queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe_event(revision: u64) -> Event {
+        Event::Recipe(Arc::new(RecipeEvent {
+            at: SystemTime::now(),
+            recipe: "part".into(),
+            revision,
+            change: RecipeChange::Created,
+            peer: None,
+        }))
+    }
+
+    fn revision(event: &Event) -> u64 {
+        match event {
+            Event::Recipe(recipe) => recipe.revision,
+            Event::Inspection(inspection) => inspection.revision,
+        }
+    }
+
+    #[test]
+    fn a_full_subscriber_loses_events_and_counts_them_while_others_get_all() {
+        let events = Events::new();
+        let mut slow = events.subscribe(SubscribeOptions {
+            capacity: 2,
+            images: false,
+        });
+        let mut fast = events.subscribe(SubscribeOptions::default());
+        for n in 1..=5 {
+            events.publish(&recipe_event(n));
+        }
+        let got: Vec<u64> = std::iter::from_fn(|| fast.try_recv())
+            .map(|e| revision(&e))
+            .collect();
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        let kept: Vec<u64> = std::iter::from_fn(|| slow.try_recv())
+            .map(|e| revision(&e))
+            .collect();
+        assert_eq!(kept, [1, 2]);
+        assert_eq!(slow.dropped(), 3);
+        assert_eq!(fast.dropped(), 0);
+        assert_eq!(events.dropped(), 3);
+    }
+
+    #[test]
+    fn a_dropped_subscription_is_forgotten() {
+        let events = Events::new();
+        let subscription = events.subscribe(SubscribeOptions {
+            capacity: 1,
+            images: true,
+        });
+        assert!(events.wants_images());
+        drop(subscription);
+        assert!(!events.wants_images());
+        events.publish(&recipe_event(1));
+        assert!(events.lock().is_empty());
+        assert_eq!(events.dropped(), 0);
+    }
+}
