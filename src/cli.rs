@@ -39,6 +39,24 @@ fn print_recipe(recipe: &proto::Recipe) {
         settings.input_height,
         settings.match_mode
     );
+    if let Some(calibration) = &recipe.calibration {
+        let expected = calibration
+            .expected_false_reject_rate
+            .map_or("no rate can be stated".to_owned(), |rate| {
+                format!("expected false rejects at most {:.2} %", 100.0 * rate)
+            });
+        let in_force = match settings.threshold {
+            Some(fixed) => format!("not in force: the settings fix the threshold at {fixed}"),
+            None => format!("sensitivity {}", settings.sensitivity),
+        };
+        println!(
+            "    calibrated threshold {:.4} from {} good-frame scores ({}), target false rejects {:.2} %, {expected}; {in_force}",
+            calibration.calibrated_threshold,
+            calibration.frames_scored,
+            calibration.rule,
+            100.0 * calibration.target_false_reject_rate,
+        );
+    }
 }
 
 /// Runs `loupe recipe ...`.

@@ -141,10 +141,13 @@ fn aligned_catches_a_missing_component_that_global_misses() {
 
     // Every reference patch is kept (no coreset): the point is what each
     // mode compares, and coreset selection is slow in unoptimised tests.
+    // Four good boards cannot promise 1 % false rejects (the threshold for
+    // that lies far above their scores); the test asks for 5 %.
     let global = RecipeSettings {
         input_width: BOARD as u32,
         input_height: BOARD as u32,
         reference_size: 1 << 16,
+        target_false_reject_rate: 0.05,
         ..RecipeSettings::default()
     };
     let aligned = RecipeSettings {

@@ -50,14 +50,15 @@ fn red_square(rgb: &mut [u8], x0: usize, y0: usize, side: usize) {
 #[test]
 fn a_stride_1_three_channel_model_enrolls_and_judges_through_the_same_engine() {
     let mut engine = identity_engine();
-    // 64 x 64 inputs: 4096 "patches" (pixels) an image, every one kept. The
+    // 32 x 32 inputs: 1024 "patches" (pixels) an image, every one kept (so
+    // out-of-fold calibration stays quick in unoptimised tests). The
     // texture's colours lie on a line, so good pixels find near-exact matches
     // and their scores are tiny and close together; the threshold gets a
     // margin (sensitivity 0.5 doubles it) so that this test is about the
     // seam, not about calibrating on such scores.
     let settings = RecipeSettings {
-        input_width: 64,
-        input_height: 64,
+        input_width: 32,
+        input_height: 32,
         reference_size: 1 << 20,
         sensitivity: 0.5,
         ..RecipeSettings::default()
@@ -66,7 +67,7 @@ fn a_stride_1_three_channel_model_enrolls_and_judges_through_the_same_engine() {
     let reference = engine.enroll(&settings, goods).unwrap();
     assert_eq!(
         (reference.channels, reference.grid_width, reference.grid_height),
-        (3, 64, 64)
+        (3, 32, 32)
     );
     let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
 
@@ -136,4 +137,23 @@ fn a_cuda_device_is_refused_in_a_build_without_cuda() {
         assert!(matches!(error, ModelError::Device { .. }), "{error}");
         assert!(error.to_string().contains("no CUDA support"), "{error}");
     }
+}
+
+#[test]
+fn a_coreset_of_one_patch_still_calibrates_a_finite_threshold() {
+    // The one kept patch comes from one image; the fold holding that image
+    // has no other patch to be scored against.
+    let mut engine = identity_engine();
+    let settings = RecipeSettings {
+        input_width: 32,
+        input_height: 32,
+        reference_size: 1,
+        ..RecipeSettings::default()
+    };
+    let goods = (0..3).map(|i| Ok::<_, std::convert::Infallible>(raw(texture(i + 1, i as f32, 0.0))));
+    let reference = engine.enroll(&settings, goods).unwrap();
+    assert_eq!(reference.features.len(), 3);
+    assert!(reference.calibration_scores.iter().all(|s| s.is_finite()));
+    let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
+    assert!(judge.threshold().is_finite() && judge.threshold() > 0.0);
 }

@@ -93,6 +93,90 @@ pub fn roc_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {
     svg
 }
 
+/// Escape rate against false-reject rate at every threshold, over the low
+/// false-reject range where a line runs, with the calibrated threshold's
+/// (day-one) point and the best points at 1, 2 and 5 % false rejects.
+pub fn tradeoff_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {
+    let points = metrics::roc_curve(scores, labels, usize::MAX);
+    if points.is_empty() {
+        return "<p class=\"none\">Not applicable: the test set holds only one class (good or defective).</p>".to_owned();
+    }
+    // 20 % false rejects is already far past what a line accepts; widen only
+    // to keep the day-one point on the chart.
+    let day_one = report.false_reject_rate.zip(report.escape_rate);
+    let x_max = match day_one {
+        Some((frr, _)) if frr > 0.18 => 1.0,
+        _ => 0.2,
+    };
+    let x = |frr: f64| MARGIN + frr.min(x_max) / x_max * PLOT;
+    let y = |escape: f64| MARGIN / 2.0 + escape * PLOT;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"11\" role=\"img\" aria-label=\"escape rate against false-reject rate\">",
+        w = PLOT + MARGIN * 1.5,
+        h = PLOT + MARGIN * 1.5
+    );
+    axes(
+        &mut svg,
+        x(0.0),
+        y(1.0),
+        PLOT,
+        PLOT,
+        "false-reject rate (good parts failed)",
+        "escape rate (defects passed)",
+    );
+    for i in 0..=4 {
+        let frr = x_max * f64::from(i) / 4.0;
+        let escape = f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0} %</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0} %</text>",
+            x(frr),
+            y(1.0) + 14.0,
+            100.0 * frr,
+            x(0.0) - 4.0,
+            y(escape) + 4.0,
+            100.0 * escape
+        );
+    }
+    let mut path = Vec::new();
+    for &(frr, tpr, _) in &points {
+        path.push(format!("{:.2},{:.2}", x(frr), y(1.0 - tpr)));
+        if frr >= x_max {
+            break;
+        }
+    }
+    let _ = write!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{}\"/>",
+        path.join(" ")
+    );
+    for reported in &report.operating_points {
+        let point = reported.point;
+        let (cx, cy) = (x(point.false_reject_rate), y(point.escape_rate));
+        let _ = write!(
+            svg,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"4\" fill=\"#444\"/><text x=\"{:.1}\" y=\"{:.1}\">best at {:.0} %: {:.1} %</text>",
+            cx + 6.0,
+            cy - 6.0,
+            100.0 * point.target_false_reject_rate,
+            100.0 * point.escape_rate
+        );
+    }
+    if let Some((frr, escape)) = day_one {
+        let (cx, cy) = (x(frr), y(escape));
+        let _ = write!(
+            svg,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"5\" fill=\"#d73a49\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#d73a49\">day one (calibrated): {:.1} % / {:.1} %</text>",
+            cx + 8.0,
+            cy + 14.0,
+            100.0 * frr,
+            100.0 * escape
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 fn axes(svg: &mut String, x0: f64, y0: f64, width: f64, height: f64, x_label: &str, y_label: &str) {
     let _ = write!(
         svg,

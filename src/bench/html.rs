@@ -1,7 +1,8 @@
 //! report.html: one self-contained page (inline CSS, inline SVG charts,
 //! images as base64 data URLs; no scripts, fonts or anything else fetched)
 //! that shows how good a recipe is and where it fails: the metrics, the ROC
-//! curve, the score histograms with the threshold, and a gallery.
+//! curve, escape rate against false-reject rate with the day-one point, the
+//! score histograms with the threshold, and a gallery.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,9 +17,10 @@ use super::gallery::{Entry, Gallery};
 use super::report::{self, Report, number, percent};
 
 /// Section titles, in page order (tests look for them).
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "Metrics",
     "ROC curve",
+    "Escape rate against false-reject rate",
     "Score histograms",
     "Worst false rejects",
     "Worst escapes",
@@ -59,11 +61,7 @@ pub fn render(report: &Report, records: &[Record], gallery: &Gallery) -> String 
             Format::Mvtec => "MVTec AD layout",
             Format::Pairs => "golden pairs (each frame against its own reference)",
         },
-        if report.settings.match_mode == crate::engine::MatchMode::Aligned {
-            "aligned"
-        } else {
-            "global"
-        },
+        report.settings.match_mode,
         report.settings.input_width,
         report.settings.input_height,
         report.counts.train,
@@ -90,6 +88,8 @@ pub fn render(report: &Report, records: &[Record], gallery: &Gallery) -> String 
     let _ = write!(page, "<div class=\"charts\"><div><h2>{}</h2>", SECTIONS[1]);
     page.push_str(&charts::roc_svg(report, &scores, &labels));
     let _ = write!(page, "</div><div><h2>{}</h2>", SECTIONS[2]);
+    page.push_str(&charts::tradeoff_svg(report, &scores, &labels));
+    let _ = write!(page, "</div><div><h2>{}</h2>", SECTIONS[3]);
     page.push_str(&charts::histogram_svg(report, &scores, &labels));
     page.push_str("</div></div>");
     let threshold_note = if report.format == Format::Pairs {
@@ -99,21 +99,21 @@ pub fn render(report: &Report, records: &[Record], gallery: &Gallery) -> String 
     };
     gallery_section(
         &mut page,
-        SECTIONS[3],
+        SECTIONS[4],
         &format!("good parts that FAIL, highest score first ({threshold_note})"),
         &gallery.false_rejects,
         records,
     );
     gallery_section(
         &mut page,
-        SECTIONS[4],
+        SECTIONS[5],
         &format!("defective parts that PASS, lowest score first ({threshold_note})"),
         &gallery.escapes,
         records,
     );
     gallery_section(
         &mut page,
-        SECTIONS[5],
+        SECTIONS[6],
         "defective parts that FAIL, around the median score of those",
         &gallery.found,
         records,
@@ -122,7 +122,7 @@ pub fn render(report: &Report, records: &[Record], gallery: &Gallery) -> String 
     let _ = write!(
         page,
         "<h2>{}</h2><p>Create the same recipe on a server with <code>loupe recipe create NAME --settings FILE</code> using this JSON:</p><pre>{}</pre>",
-        SECTIONS[6],
+        SECTIONS[7],
         escape(&settings)
     );
     if let Some(model) = &report.model {

@@ -144,6 +144,43 @@ pub fn rates_at(scores: &[f32], labels: &[bool], threshold: f32) -> Rates {
     }
 }
 
+/// The lowest threshold that fails at most `target` of the good parts under the verdict rule (`score >
+/// threshold`), and what it gives: the best any threshold does at that false-reject rate. It is picked on the
+/// test set itself, so it shows how far the calibrated threshold is from the best one, not what a user gets.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct OperatingPoint {
+    /// The false-reject rate allowed, as a fraction of the good parts.
+    pub target_false_reject_rate: f64,
+    /// The threshold: the good score ranked just after the allowed number of false rejects.
+    pub threshold: f32,
+    /// The false-reject rate it gives (at most the target; lower when scores tie).
+    pub false_reject_rate: f64,
+    /// The escape rate it gives.
+    pub escape_rate: f64,
+}
+
+/// The [`OperatingPoint`] for `target` (a fraction, such as 0.01): with `k = floor(target x good)` false
+/// rejects allowed, the threshold is the (k+1)-th highest good score. `None` unless both classes exist.
+pub fn operating_point(scores: &[f32], labels: &[bool], target: f64) -> Option<OperatingPoint> {
+    let mut good: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|&(_, &defective)| !defective)
+        .map(|(&score, _)| score)
+        .collect();
+    good.sort_by(|a, b| b.total_cmp(a));
+    // A hair over the product, so that 2 % of 50 parts allows 1, not 0, despite rounding.
+    let allowed = (target.max(0.0) * good.len() as f64 + 1e-9).floor() as usize;
+    let threshold = *good.get(allowed.min(good.len().checked_sub(1)?))?;
+    let rates = rates_at(scores, labels, threshold);
+    Some(OperatingPoint {
+        target_false_reject_rate: target,
+        threshold,
+        false_reject_rate: rates.false_reject_rate?,
+        escape_rate: rates.escape_rate?,
+    })
+}
+
 /// Maps a score to a `u32` whose unsigned order is the scores' numeric order, with `-0.0` merged into `0.0` and
 /// every NaN into one value above `+inf`. Sorting and tie detection then become plain integer operations, and
 /// the accumulators store 4 bytes per pixel.
@@ -434,5 +471,28 @@ mod tests {
         );
         let r = rates_at(&[0.9], &[F], 0.5);
         assert_eq!((r.false_reject_rate, r.escape_rate), (Some(1.0), None));
+    }
+
+    #[test]
+    fn operating_points_allow_the_target_share_of_false_rejects_and_no_more() {
+        // 100 good parts scoring 0..99 and 10 defects scoring 95.5..104.5.
+        let mut scores: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let mut labels = vec![false; 100];
+        scores.extend((0..10).map(|i| 95.5 + i as f32));
+        labels.extend([true; 10]);
+        let one = operating_point(&scores, &labels, 0.01).unwrap();
+        // One false reject allowed: 99 fails, 98 is the threshold.
+        assert_eq!(one.threshold, 98.0);
+        assert!((one.false_reject_rate - 0.01).abs() < 1e-12);
+        // Defects at 95.5, 96.5 and 97.5 pass.
+        assert!((one.escape_rate - 0.3).abs() < 1e-12);
+        let five = operating_point(&scores, &labels, 0.05).unwrap();
+        assert_eq!(five.threshold, 94.0);
+        assert_eq!(five.escape_rate, 0.0);
+        // 2 % of 50 is exactly one part despite floating point.
+        let fifty: Vec<f32> = (0..50).map(|i| i as f32).chain([100.0]).collect();
+        let labels: Vec<bool> = (0..51).map(|i| i == 50).collect();
+        assert_eq!(operating_point(&fifty, &labels, 0.02).unwrap().threshold, 48.0);
+        assert!(operating_point(&fifty[..50], &labels[..50], 0.02).is_none());
     }
 }

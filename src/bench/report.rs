@@ -12,10 +12,11 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::engine::{RecipeSettings, Verdict};
+use crate::scoring::threshold;
 
 use super::dataset::{Dataset, Format};
 use super::evaluate::{self, Latency, Recall, Record, TypeStats};
-use super::metrics::DEFAULT_FPR_LIMIT;
+use super::metrics::{self, DEFAULT_FPR_LIMIT};
 use super::runner::ModelInfo;
 use super::{BenchConfig, BenchError, Measured};
 
@@ -51,9 +52,9 @@ pub struct Report {
     pub threshold: Option<f32>,
     /// Pairs: the lowest and highest per-pair threshold; `null` for MVTec.
     pub threshold_range: Option<[f32; 2]>,
-    /// MVTec, in-process: the scores of the held-out good training images
-    /// that calibrated `threshold` (its rule: the larger of their maximum
-    /// and mean + 3 sigma, times a margin); `null` otherwise.
+    /// MVTec, in-process: the out-of-fold scores of the good training
+    /// images that calibrated `threshold`, with the rule and the expected
+    /// false-reject rate; `null` otherwise.
     pub calibration: Option<Calibration>,
     /// Image AUROC (score vs defective); `null` unless both classes exist.
     pub image_auroc: Option<f64>,
@@ -65,6 +66,11 @@ pub struct Report {
     pub false_reject_rate: Option<f64>,
     /// Defective parts passed at `threshold`, of all defective parts.
     pub escape_rate: Option<f64>,
+    /// The best thresholds at 1 %, 2 % and 5 % false rejects, picked on the
+    /// test set itself (so not what a user gets on day one), with the escape
+    /// rates they give and the `sensitivity` that would set each; empty
+    /// unless both classes exist.
+    pub operating_points: Vec<ReportedPoint>,
     /// Per test folder (MVTec) or `good`/`defect` (pairs).
     pub per_type: BTreeMap<String, TypeStats>,
     /// Pixel AUROC of the anomaly maps against the masks (resized to the
@@ -101,11 +107,32 @@ pub struct Report {
     pub peak_rss_mb: Option<f64>,
 }
 
+/// An operating point as report.json has it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReportedPoint {
+    /// The point: `target_false_reject_rate`, `threshold`,
+    /// `false_reject_rate`, `escape_rate`.
+    #[serde(flatten)]
+    pub point: metrics::OperatingPoint,
+    /// The `sensitivity` setting that moves the calibrated threshold there
+    /// (`null` when the settings fix the threshold).
+    pub sensitivity: Option<f64>,
+}
+
+/// False-reject rates whose best thresholds the report gives.
+pub const FALSE_REJECT_TARGETS: [f64; 3] = [0.01, 0.02, 0.05];
+
 /// Summary of the calibration scores.
 #[derive(Debug, Clone, Serialize)]
 pub struct Calibration {
-    /// How many good images (or perturbed copies) were scored.
+    /// How many good images (out of fold) or perturbed copies were scored.
     pub count: usize,
+    /// The rule that set the threshold from them, in words.
+    pub rule: String,
+    /// The false-reject rate asked for.
+    pub target_false_reject_rate: f32,
+    /// The false-reject rate the rule expects; `null` for one golden image.
+    pub expected_false_reject_rate: Option<f32>,
     /// Lowest score.
     pub min: f32,
     /// Median (nearest rank).
@@ -115,11 +142,15 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    fn of(scores: &[f32]) -> Option<Self> {
+    fn of(scores: &[f32], images: usize, target: f32) -> Option<Self> {
+        let calibrated = threshold::calibrate(scores, images, target)?;
         let mut sorted = scores.to_vec();
         sorted.sort_by(f32::total_cmp);
         Some(Self {
             count: sorted.len(),
+            rule: calibrated.rule.to_string(),
+            target_false_reject_rate: target,
+            expected_false_reject_rate: calibrated.expected_false_reject_rate,
             min: *sorted.first()?,
             median: sorted[(sorted.len() - 1) / 2],
             max: *sorted.last()?,
@@ -195,12 +226,15 @@ impl Report {
             train_limit: config.train_limit,
             threshold,
             threshold_range,
-            calibration: measured.calibration_scores.as_deref().and_then(Calibration::of),
+            calibration: measured.calibration_scores.as_deref().and_then(|scores| {
+                Calibration::of(scores, measured.train_images, settings.target_false_reject_rate)
+            }),
             image_auroc: image.auroc,
             image_f1_max: image.f1_max,
             image_f1_threshold: image.f1_threshold,
             false_reject_rate: image.false_reject_rate,
             escape_rate: image.escape_rate,
+            operating_points: operating_points(records, settings, threshold),
             per_type: evaluate::per_type(records),
             pixel_auroc,
             aupro,
@@ -231,6 +265,28 @@ impl Report {
             peak_rss_mb: evaluate::peak_rss_mb(),
         }
     }
+}
+
+/// The best thresholds at [`FALSE_REJECT_TARGETS`], each with the
+/// sensitivity that gives it: the threshold in force is the calibrated one
+/// over the sensitivity, so `sensitivity x in_force / point`.
+fn operating_points(
+    records: &[Record],
+    settings: &RecipeSettings,
+    in_force: Option<f32>,
+) -> Vec<ReportedPoint> {
+    let scores: Vec<f32> = records.iter().map(|r| r.score).collect();
+    let labels: Vec<bool> = records.iter().map(|r| r.defect).collect();
+    FALSE_REJECT_TARGETS
+        .iter()
+        .filter_map(|&target| metrics::operating_point(&scores, &labels, target))
+        .map(|point| ReportedPoint {
+            point,
+            sensitivity: in_force
+                .filter(|_| settings.threshold.is_none() && point.threshold > 0.0)
+                .map(|t| f64::from(settings.sensitivity) * f64::from(t) / f64::from(point.threshold)),
+        })
+        .collect()
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), BenchError> {
@@ -318,8 +374,17 @@ pub fn headline(report: &Report) -> Vec<(&'static str, String)> {
             report.calibration.as_ref().map_or_else(
                 || "-".to_owned(),
                 |c| {
+                    let expected = c.expected_false_reject_rate.map_or_else(
+                        || "no rate stated".to_owned(),
+                        |rate| {
+                            format!(
+                                "expected false rejects at most {}",
+                                percent(Some(f64::from(rate)))
+                            )
+                        },
+                    );
                     format!(
-                        "{:.3} / {:.3} / {:.3} ({} scored)",
+                        "{:.3} / {:.3} / {:.3} ({} scored out of fold; {expected})",
                         c.min, c.median, c.max, c.count
                     )
                 },
@@ -343,9 +408,26 @@ pub fn headline(report: &Report) -> Vec<(&'static str, String)> {
                 c.defect
             ),
         ),
+    ];
+    if !report.operating_points.is_empty() {
+        let points = &report.operating_points;
+        let join = |value: &dyn Fn(&ReportedPoint) -> String| {
+            points.iter().map(value).collect::<Vec<_>>().join(" / ")
+        };
+        rows.push((
+            "best escape rate at 1 / 2 / 5 % false rejects",
+            format!(
+                "{} (thresholds {}; sensitivity {})",
+                join(&|p| percent(Some(p.point.escape_rate))),
+                join(&|p| format!("{:.4}", p.point.threshold)),
+                join(&|p| number(p.sensitivity, 3)),
+            ),
+        ));
+    }
+    rows.extend([
         ("pixel AUROC", number(report.pixel_auroc, 4)),
         ("AUPRO (FPR 0.3)", number(report.aupro, 4)),
-    ];
+    ]);
     if report.format == Format::Pairs {
         rows.push((
             "defect recall",

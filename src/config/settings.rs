@@ -49,6 +49,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "LOUPE_SENSITIVITY")]
     pub sensitivity: Option<f32>,
 
+    /// Share of good parts the calibrated threshold may fail, 0.001 to 0.2
+    /// (default 0.01: 1 %).
+    #[arg(long, env = "LOUPE_TARGET_FALSE_REJECT_RATE", value_name = "FRACTION")]
+    pub target_false_reject_rate: Option<f32>,
+
     /// Region of interest in frame pixels: x,y,width,height.
     #[arg(long, env = "LOUPE_ROI", value_name = "X,Y,W,H", value_parser = parse_roi)]
     pub roi: Option<Roi>,
@@ -123,6 +128,9 @@ impl SettingsArgs {
         }
         if let Some(v) = self.sensitivity {
             settings.sensitivity = v;
+        }
+        if let Some(v) = self.target_false_reject_rate {
+            settings.target_false_reject_rate = v;
         }
         if let Some(v) = self.roi {
             settings.roi = Some(v);

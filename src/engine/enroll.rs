@@ -1,19 +1,23 @@
 //! Teaching a recipe: features of good frames become the reference (a
 //! greedy k-center coreset for `global`, every image's grid for `aligned`),
-//! and good images the reference was not built from set the threshold.
+//! and the good frames themselves, scored out of fold, set the threshold.
 //!
-//! Calibration rule, by how many good images there are:
-//! - two or more: hold some out (`aligned`: each of up to
-//!   [`MAX_HELD_OUT`] images against all the others; `global`: every k-th
-//!   image, up to [`MAX_HELD_OUT`], against a coreset of the rest) and score
-//!   them;
+//! Calibration, by how many good images there are:
+//! - two or more: every image is scored against a reference that holds
+//!   nothing of its own: the images are cut into up to [`FOLDS`] runs of
+//!   neighbours (in the order they came, so near-duplicate neighbours share
+//!   a fold), and each run is scored against the others (`global`: the
+//!   coreset without the patches that came from the run; `aligned`: the
+//!   other images). Leaving the run's patches out of the coreset, rather
+//!   than selecting a coreset per fold, costs one search per image instead
+//!   of one selection per fold; the selection saw the run, so its
+//!   neighbours may be thinner there, which errs towards higher scores.
+//!   The scores go through [`threshold::for_false_reject_rate`];
 //! - one (a single golden image): score perturbed copies of it against it
 //!   (shifted by two pixels each way, 8 % brighter and darker, and with
 //!   sensor noise at the level measured in the golden image itself, so a
-//!   clean binarised image gets none); the threshold is the highest of those
-//!   scores times [`SINGLE_IMAGE_MARGIN`].
-//!
-//! With two or more, the scores go through [`threshold::from_good_scores`].
+//!   clean binarised image gets none), through
+//!   [`threshold::from_perturbations`].
 
 use std::sync::Arc;
 
@@ -27,10 +31,8 @@ use crate::scoring::threshold;
 use super::settings::{MatchMode, RecipeSettings};
 use super::{Engine, EngineError, MatchView};
 
-/// Most good images scored for calibration.
-pub const MAX_HELD_OUT: usize = 32;
-/// Factor on the highest perturbed-copy score of a single golden image.
-pub const SINGLE_IMAGE_MARGIN: f32 = 0.9;
+/// Most folds of out-of-fold calibration (fewer images: one per image).
+pub const FOLDS: usize = 10;
 /// Dimensions of the random projection used by coreset selection.
 const PROJECTION_DIMS: usize = 64;
 /// Seed of the coreset's projection and start (deterministic enrollment).
@@ -175,27 +177,25 @@ impl Engine {
                     };
                     self.perturbation_scores(first, view, mask.as_deref())?
                 } else {
-                    self.leave_one_out_scores(settings, images, mask.as_deref())
+                    self.out_of_fold_aligned(settings, images, mask.as_deref())
                 };
                 (MatchMode::Aligned, features, scores)
             }
             MatchMode::Global => {
-                let bank_rows: Arc<[f32]> =
-                    coreset_rows(images.iter(), settings.reference_size as usize).into();
+                let coreset = coreset_rows(images.iter(), settings.reference_size as usize);
+                let bank_rows: Arc<[f32]> = coreset.rows.into();
                 let scores = if images.len() == 1 {
                     let bank = Bank::new(bank_rows.clone(), grid.channels);
                     self.perturbation_scores(first, MatchView::Global(&bank), mask.as_deref())?
                 } else {
-                    self.held_out_scores(settings, images, mask.as_deref())
+                    self.out_of_fold_global(images, &bank_rows, &coreset.sources, mask.as_deref())
                 };
                 (MatchMode::Global, bank_rows, scores)
             }
         };
-        let calibrated = if images.len() == 1 {
-            scores.iter().copied().fold(0.0, f32::max) * SINGLE_IMAGE_MARGIN
-        } else {
-            threshold::from_good_scores(&scores).ok_or(EngineError::NoReferences)?
-        };
+        let calibrated = threshold::calibrate(&scores, images.len(), settings.target_false_reject_rate)
+            .ok_or(EngineError::NoReferences)?
+            .threshold;
         Ok(Reference {
             mode,
             channels: grid.channels as u32,
@@ -216,51 +216,63 @@ impl Engine {
         map.max()
     }
 
-    /// Aligned: up to [`MAX_HELD_OUT`] images, each against all the others.
-    fn leave_one_out_scores(
+    /// Aligned: each fold's images against all the other images.
+    fn out_of_fold_aligned(
         &mut self,
         settings: &RecipeSettings,
         images: &[Features],
         mask: Option<&[f32]>,
     ) -> Vec<f32> {
-        held_out_indices(images.len())
-            .into_iter()
-            .map(|held| {
-                let others: Vec<f32> = images
-                    .iter()
-                    .enumerate()
-                    .filter(|&(i, _)| i != held)
-                    .flat_map(|(_, f)| f.data.iter().copied())
-                    .collect();
-                let view = MatchView::Aligned {
-                    references: &others,
-                    neighborhood: settings.neighborhood as usize,
-                };
-                self.image_score(&images[held], view, mask)
-            })
-            .collect()
+        let mut scores = Vec::with_capacity(images.len());
+        for fold in folds(images.len()) {
+            let others: Vec<f32> = images
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !fold.contains(i))
+                .flat_map(|(_, f)| f.data.iter().copied())
+                .collect();
+            let view = MatchView::Aligned {
+                references: &others,
+                neighborhood: settings.neighborhood as usize,
+            };
+            for image in &images[fold] {
+                scores.push(self.image_score(image, view, mask));
+            }
+        }
+        scores
     }
 
-    /// Global: held-out images against a coreset of the others.
-    fn held_out_scores(
+    /// Global: each fold's images against the coreset without the rows that
+    /// came from the fold.
+    fn out_of_fold_global(
         &mut self,
-        settings: &RecipeSettings,
         images: &[Features],
+        rows: &[f32],
+        sources: &[usize],
         mask: Option<&[f32]>,
     ) -> Vec<f32> {
-        let held = held_out_indices(images.len());
-        let train = images
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !held.contains(i))
-            .map(|(_, f)| f);
-        let bank = Bank::new(
-            coreset_rows(train, settings.reference_size as usize),
-            images[0].grid.channels,
-        );
-        held.iter()
-            .map(|&i| self.image_score(&images[i], MatchView::Global(&bank), mask))
-            .collect()
+        let channels = images[0].grid.channels;
+        let mut scores = Vec::with_capacity(images.len());
+        for fold in folds(images.len()) {
+            let kept: Vec<f32> = rows
+                .chunks_exact(channels)
+                .zip(sources)
+                .filter(|(_, source)| !fold.contains(source))
+                .flat_map(|(row, _)| row.iter().copied())
+                .collect();
+            // A tiny coreset may hold nothing but this fold's patches; its
+            // images are then scored against the whole coreset rather than
+            // against nothing (which would score them infinitely far).
+            let bank = if kept.is_empty() {
+                Bank::new(rows.to_vec(), channels)
+            } else {
+                Bank::new(kept, channels)
+            };
+            for image in &images[fold] {
+                scores.push(self.image_score(image, MatchView::Global(&bank), mask));
+            }
+        }
+        scores
     }
 
     /// One golden image: perturbed copies against the reference built from
@@ -297,26 +309,35 @@ impl Engine {
     }
 }
 
-/// Which images calibration holds out: up to [`MAX_HELD_OUT`], evenly
-/// spaced; about one in five when there are many.
-fn held_out_indices(count: usize) -> Vec<usize> {
-    if count < 2 {
-        return Vec::new();
-    }
-    let held = (count / 5).clamp(1, MAX_HELD_OUT);
-    (0..held).map(|k| k * count / held).collect()
+/// The folds of out-of-fold calibration: up to [`FOLDS`] runs of
+/// neighbouring images, as even as they divide.
+fn folds(count: usize) -> Vec<std::ops::Range<usize>> {
+    let folds = count.min(FOLDS);
+    (0..folds)
+        .map(|k| k * count / folds..(k + 1) * count / folds)
+        .collect()
 }
 
-/// The coreset rows (row-major, channels per row) of all patches of
-/// `images`, or every patch when there are no more than `target`.
-fn coreset_rows<'a>(images: impl Iterator<Item = &'a Features>, target: usize) -> Vec<f32> {
+/// The coreset: its rows and, for each row, the image it came from.
+struct Coreset {
+    /// Row-major, channels per row.
+    rows: Vec<f32>,
+    /// The index of each row's image.
+    sources: Vec<usize>,
+}
+
+/// The coreset of all patches of `images` (every patch when there are no
+/// more than `target`), with the image each row came from.
+fn coreset_rows<'a>(images: impl Iterator<Item = &'a Features>, target: usize) -> Coreset {
     let mut channels = 0;
     let mut rows: Vec<f32> = Vec::new();
-    for image in images {
+    let mut sources: Vec<usize> = Vec::new();
+    for (index, image) in images.enumerate() {
         channels = image.grid.channels;
         let cells = image.grid.width * image.grid.height;
         let start = rows.len();
         rows.resize(start + image.data.len(), 0.0);
+        sources.resize(sources.len() + cells, index);
         // Planar (channel-major) to row-major (patch-major).
         for (c, plane) in image.data.chunks_exact(cells).enumerate() {
             for (p, &v) in plane.iter().enumerate() {
@@ -325,7 +346,7 @@ fn coreset_rows<'a>(images: impl Iterator<Item = &'a Features>, target: usize) -
         }
     }
     if channels == 0 || rows.len() / channels <= target {
-        return rows;
+        return Coreset { rows, sources };
     }
     let selected = coreset::select(
         &rows,
@@ -337,10 +358,15 @@ fn coreset_rows<'a>(images: impl Iterator<Item = &'a Features>, target: usize) -
         },
     );
     let mut bank = Vec::with_capacity(selected.len() * channels);
+    let mut bank_sources = Vec::with_capacity(selected.len());
     for index in selected {
         bank.extend_from_slice(&rows[index * channels..(index + 1) * channels]);
+        bank_sources.push(sources[index]);
     }
-    bank
+    Coreset {
+        rows: bank,
+        sources: bank_sources,
+    }
 }
 
 /// Noise level of a normalised plane, from the median absolute deviation of
@@ -436,13 +462,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn held_out_images_are_spread_and_bounded() {
-        assert!(held_out_indices(1).is_empty());
-        assert_eq!(held_out_indices(2), [0]);
-        assert_eq!(held_out_indices(10), [0, 5]);
-        let many = held_out_indices(714);
-        assert_eq!(many.len(), MAX_HELD_OUT);
-        assert!(many.windows(2).all(|w| w[0] < w[1]) && *many.last().unwrap() < 714);
+    fn folds_cover_every_image_once_in_runs_of_neighbours() {
+        assert!(folds(0).is_empty());
+        assert_eq!(folds(2), [0..1, 1..2]);
+        let many = folds(714);
+        assert_eq!(many.len(), FOLDS);
+        assert_eq!(many.first().unwrap().start, 0);
+        assert_eq!(many.last().unwrap().end, 714);
+        assert!(many.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(many.iter().all(|f| (71..=72).contains(&f.len())));
     }
 
     #[test]
@@ -457,7 +485,9 @@ mod tests {
             },
             input: None,
         };
-        assert_eq!(coreset_rows(std::iter::once(&features), 10), [1.0, 3.0, 2.0, 4.0]);
+        let coreset = coreset_rows([&features, &features].into_iter(), 10);
+        assert_eq!(coreset.rows, [1.0, 3.0, 2.0, 4.0, 1.0, 3.0, 2.0, 4.0]);
+        assert_eq!(coreset.sources, [0, 0, 1, 1]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::model::{FeatureExtractor, ModelError};
 use crate::reference::{self, Reference};
 use crate::scoring::map::{AnomalyMap, MapBuilder, sigma_for};
 use crate::scoring::nearest::{self, Bank, Grid, SearchScratch};
-use crate::scoring::threshold;
+use crate::scoring::threshold::{self, Calibrated};
 
 /// Errors of the engine layer.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,7 @@ pub struct Judge {
     reference: Reference,
     matcher: Matcher,
     mask: Option<Vec<f32>>,
+    calibrated: Option<Calibrated>,
     threshold: f32,
 }
 
@@ -97,12 +98,21 @@ impl Judge {
             )));
         }
         let mask = settings.mask(limits)?;
-        let threshold = threshold::in_force(reference.threshold, settings.threshold, settings.sensitivity);
+        // From the stored calibration scores, so that a new target needs no
+        // new enrollment; a reference without scores keeps its threshold.
+        let calibrated = threshold::calibrate(
+            &reference.calibration_scores,
+            reference.image_count as usize,
+            settings.target_false_reject_rate,
+        );
+        let base = calibrated.map_or(reference.threshold, |c| c.threshold);
+        let threshold = threshold::in_force(base, settings.threshold, settings.sensitivity);
         Ok(Self {
             settings,
             reference,
             matcher,
             mask,
+            calibrated,
             threshold,
         })
     }
@@ -120,6 +130,14 @@ impl Judge {
     /// The threshold in force.
     pub fn threshold(&self) -> f32 {
         self.threshold
+    }
+
+    /// What the calibrated threshold rests on (the frames scored, the rule,
+    /// the expected false-reject rate); `None` for a reference without
+    /// calibration scores. With a fixed threshold in the settings it is
+    /// still reported, and not in force.
+    pub fn calibration(&self) -> Option<&Calibrated> {
+        self.calibrated.as_ref()
     }
 
     fn view(&self) -> MatchView<'_> {

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::imaging::{Channels, DecodeLimits, FrameData, Image, Roi, decode};
 pub use crate::reference::MatchMode;
 use crate::scoring::map::resize_f32;
+use crate::scoring::threshold::{
+    DEFAULT_TARGET_FALSE_REJECT_RATE, MAX_TARGET_FALSE_REJECT_RATE, MIN_TARGET_FALSE_REJECT_RATE,
+};
 
 use super::EngineError;
 
@@ -48,6 +51,9 @@ pub struct RecipeSettings {
     pub threshold: Option<f32>,
     /// Scales the calibrated threshold: above 1 fails more parts.
     pub sensitivity: f32,
+    /// The share of good parts the calibrated threshold may fail, between
+    /// 0.001 and 0.2 (see [`crate::scoring::threshold`]).
+    pub target_false_reject_rate: f32,
     /// Region of interest in frame pixels; `None` is the whole frame.
     pub roi: Option<Roi>,
     /// Inspection mask (PNG, white = inspect); empty = inspect everything.
@@ -68,6 +74,7 @@ impl Default for RecipeSettings {
             min_region_area: 0,
             threshold: None,
             sensitivity: 1.0,
+            target_false_reject_rate: DEFAULT_TARGET_FALSE_REJECT_RATE,
             roi: None,
             mask_png: Vec::new(),
             reference_size: DEFAULT_REFERENCE_SIZE,
@@ -112,6 +119,12 @@ impl RecipeSettings {
             return Err(invalid(format!(
                 "sensitivity is {}; it must be above 0",
                 self.sensitivity
+            )));
+        }
+        let target = self.target_false_reject_rate;
+        if !(MIN_TARGET_FALSE_REJECT_RATE..=MAX_TARGET_FALSE_REJECT_RATE).contains(&target) {
+            return Err(invalid(format!(
+                "target_false_reject_rate is {target}; it must be between {MIN_TARGET_FALSE_REJECT_RATE} and {MAX_TARGET_FALSE_REJECT_RATE} (0.1 % to 20 %)"
             )));
         }
         if let Some(threshold) = self.threshold
@@ -248,6 +261,8 @@ mod tests {
         assert!(bad(|s| s.input_width = 250).contains("input_width is 250"));
         assert!(bad(|s| s.input_height = 0).contains("input_height"));
         assert!(bad(|s| s.sensitivity = 0.0).contains("sensitivity"));
+        assert!(bad(|s| s.target_false_reject_rate = 0.5).contains("target_false_reject_rate"));
+        assert!(bad(|s| s.target_false_reject_rate = f32::NAN).contains("target_false_reject_rate"));
         assert!(bad(|s| s.threshold = Some(f32::NAN)).contains("threshold"));
         assert!(bad(|s| s.neighborhood = 99).contains("neighborhood"));
         assert!(bad(|s| s.reference_size = 0).contains("reference_size"));

@@ -45,6 +45,11 @@ pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<Re
         } else {
             p.sensitivity
         },
+        target_false_reject_rate: if p.target_false_reject_rate == 0.0 {
+            defaults.target_false_reject_rate
+        } else {
+            p.target_false_reject_rate
+        },
         roi: p.roi.filter(|r| r.width != 0 || r.height != 0).map(|r| Roi {
             x: r.x,
             y: r.y,
@@ -75,12 +80,25 @@ pub fn settings_to_proto(settings: &RecipeSettings) -> proto::RecipeSettings {
         mask_png: settings.mask_png.clone().into(),
         reference_size: settings.reference_size,
         keep_aspect: settings.keep_aspect,
+        target_false_reject_rate: settings.target_false_reject_rate,
     }
 }
 
 /// The proto form of a recipe as the core holds it.
 pub fn recipe_state_to_proto(state: &RecipeState) -> proto::Recipe {
-    recipe_to_proto(&state.record, state.threshold())
+    let mut recipe = recipe_to_proto(&state.record, state.threshold());
+    recipe.calibration = state
+        .judge
+        .as_ref()
+        .and_then(|judge| judge.calibration())
+        .map(|calibrated| proto::Calibration {
+            frames_scored: u32::try_from(calibrated.scored).unwrap_or(u32::MAX),
+            rule: calibrated.rule.to_string(),
+            target_false_reject_rate: state.record.settings.target_false_reject_rate,
+            expected_false_reject_rate: calibrated.expected_false_reject_rate,
+            calibrated_threshold: calibrated.threshold,
+        });
+    recipe
 }
 
 /// The proto form of a recipe.
@@ -95,6 +113,7 @@ pub fn recipe_to_proto(record: &RecipeRecord, threshold: f32) -> proto::Recipe {
             seconds: record.updated_at.0,
             nanos: record.updated_at.1 as i32,
         }),
+        calibration: None,
     }
 }
 

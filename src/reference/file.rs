@@ -45,7 +45,9 @@ pub struct Reference {
     pub image_count: u32,
     /// Calibrated threshold on the anomaly score.
     pub threshold: f32,
-    /// The held-out good scores the threshold came from (for reporting).
+    /// The good-frame scores the threshold came from: out of fold, or of the
+    /// perturbed copies of one golden image (kept, so a new target false-reject
+    /// rate moves the threshold without a new enrollment).
     pub calibration_scores: Vec<f32>,
     /// Free-form identity of the model that produced the features (e.g. manifest
     /// sha256); checked at load by the caller.
