@@ -28,11 +28,7 @@ pub fn roc_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String {
     }
     let x = |fpr: f64| MARGIN + fpr * PLOT;
     let y = |tpr: f64| MARGIN / 2.0 + (1.0 - tpr) * PLOT;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"11\" role=\"img\" aria-label=\"ROC curve\">",
-        w = PLOT + MARGIN * 1.5,
-        h = PLOT + MARGIN * 1.5
-    );
+    let mut svg = svg_open(PLOT, "ROC curve");
     axes(
         &mut svg,
         x(0.0),
@@ -110,11 +106,7 @@ pub fn tradeoff_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String 
     };
     let x = |frr: f64| MARGIN + frr.min(x_max) / x_max * PLOT;
     let y = |escape: f64| MARGIN / 2.0 + escape * PLOT;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"11\" role=\"img\" aria-label=\"escape rate against false-reject rate\">",
-        w = PLOT + MARGIN * 1.5,
-        h = PLOT + MARGIN * 1.5
-    );
+    let mut svg = svg_open(PLOT, "escape rate against false-reject rate");
     axes(
         &mut svg,
         x(0.0),
@@ -175,6 +167,16 @@ pub fn tradeoff_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String 
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// The opening tag of a chart `width` wide (plot area; the margins are
+/// added), `PLOT` high, named `label` for screen readers.
+fn svg_open(width: f64, label: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{:.0}\" font-size=\"11\" role=\"img\" aria-label=\"{label}\">",
+        width + MARGIN * 1.5,
+        PLOT + MARGIN * 1.5
+    )
 }
 
 fn axes(svg: &mut String, x0: f64, y0: f64, width: f64, height: f64, x_label: &str, y_label: &str) {
@@ -244,11 +246,7 @@ pub fn histogram_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String
     let width = PLOT * 1.4;
     let x = |v: f64| MARGIN + (v - lo) / span * width;
     let y = |share: f64| MARGIN / 2.0 + (1.0 - share / top) * PLOT;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{:.0}\" font-size=\"11\" role=\"img\" aria-label=\"score histograms\">",
-        width + MARGIN * 1.5,
-        PLOT + MARGIN * 1.5
-    );
+    let mut svg = svg_open(width, "score histograms");
     axes(
         &mut svg,
         MARGIN,

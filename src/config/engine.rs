@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{ConfigError, at_least};
+use crate::model::onnx::NO_CUDA;
 use crate::model::{Device, ModelConfig};
 
 /// Where the ONNX Runtime library and the feature model come from, and how
@@ -59,10 +60,7 @@ impl EngineArgs {
         {
             return Err(ConfigError {
                 flag: "device",
-                reason: format!(
-                    "{}: this build has no CUDA support; build with `cargo build --release --features cuda`",
-                    self.device
-                ),
+                reason: format!("{}: {NO_CUDA}", self.device),
             });
         }
         Ok(EngineConfig {

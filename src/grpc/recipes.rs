@@ -8,7 +8,7 @@ use crate::imaging::OwnedFrame;
 use crate::proto;
 use crate::proto::convert::{frame_from_proto, recipe_state_to_proto, settings_from_proto};
 use crate::proto::recipes_server::Recipes;
-use crate::server::{Error, Server};
+use crate::server::Server;
 
 /// The gRPC face of the core's recipes.
 #[derive(Debug, Clone)]
@@ -55,10 +55,9 @@ impl RecipesService {
             }
             if message.frame.is_some() {
                 if frames.len() == max {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Status::invalid_argument(format!(
                         "more than {max} good frames in one call; send them in several calls or raise --max-references"
-                    ))
-                    .into());
+                    )));
                 }
                 frames.push(frame_from_proto(message.frame)?);
             }

@@ -86,7 +86,6 @@ fn with_device(builder: SessionBuilder, device: Device) -> Result<SessionBuilder
 }
 
 /// Why a build without the `cuda` feature refuses a CUDA device.
-#[cfg(not(feature = "cuda"))]
 pub const NO_CUDA: &str =
     "this build has no CUDA support; build with `cargo build --release --features cuda`";
 

@@ -113,6 +113,15 @@ pub enum RecipeChange {
     },
 }
 
+/// Who listens to the bus ([`Events::audience`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Audience {
+    /// Anybody at all.
+    pub any: bool,
+    /// A live subscriber that asked for frames and maps.
+    pub images: bool,
+}
+
 /// What a subscriber wants.
 #[derive(Debug, Clone, Copy)]
 pub struct SubscribeOptions {
@@ -185,16 +194,17 @@ impl Events {
         Subscription { receiver, dropped }
     }
 
-    /// Whether any live subscriber asked for frames and maps.
-    pub fn wants_images(&self) -> bool {
-        self.lock()
-            .iter()
-            .any(|subscriber| subscriber.images && !subscriber.queue.is_closed())
-    }
-
-    /// Whether anybody listens (so that publishers can skip building events).
-    pub fn has_subscribers(&self) -> bool {
-        !self.lock().is_empty()
+    /// Who listens, in one look: whether anybody does (so that publishers
+    /// can skip building events), and whether a live subscriber asked for
+    /// frames and maps.
+    pub fn audience(&self) -> Audience {
+        let subscribers = self.lock();
+        Audience {
+            any: !subscribers.is_empty(),
+            images: subscribers
+                .iter()
+                .any(|subscriber| subscriber.images && !subscriber.queue.is_closed()),
+        }
     }
 
     /// Events dropped so far, over every subscriber.
@@ -204,11 +214,16 @@ impl Events {
 
     /// Hands `event` to every subscriber that has room; never waits.
     pub fn publish(&self, event: &Event) {
+        // Subscribers that did not ask for the pictures share one copy
+        // without them, made at most once.
+        let mut without_images: Option<Event> = None;
         let mut subscribers = self.lock();
         subscribers.retain(|subscriber| {
             let event = match event {
                 Event::Inspection(inspection) if !subscriber.images && inspection.images.is_some() => {
-                    Event::Inspection(Arc::new(inspection.without_images()))
+                    without_images
+                        .get_or_insert_with(|| Event::Inspection(Arc::new(inspection.without_images())))
+                        .clone()
                 }
                 other => other.clone(),
             };
@@ -321,11 +336,24 @@ mod tests {
             capacity: 1,
             images: true,
         });
-        assert!(events.wants_images());
+        assert_eq!(
+            events.audience(),
+            Audience {
+                any: true,
+                images: true
+            }
+        );
         drop(subscription);
-        assert!(!events.wants_images());
+        assert_eq!(
+            events.audience(),
+            Audience {
+                any: true,
+                images: false
+            }
+        );
         events.publish(&recipe_event(1));
         assert!(events.lock().is_empty());
+        assert!(!events.audience().any);
         assert_eq!(events.dropped(), 0);
     }
 }

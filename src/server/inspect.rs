@@ -216,7 +216,8 @@ impl Server {
             image,
             peer,
         } = judged;
-        let images = if self.events.wants_images() {
+        let audience = self.events.audience();
+        let images = if audience.images {
             Some(InspectionImages {
                 frame: Arc::new(image),
                 map: Arc::new(inspection.map),
@@ -226,7 +227,7 @@ impl Server {
             self.inspector.images.give(image);
             None
         };
-        if self.events.has_subscribers() {
+        if audience.any {
             self.events.publish(&Event::Inspection(Arc::new(InspectionEvent {
                 at: SystemTime::now(),
                 recipe,
