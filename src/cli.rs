@@ -30,13 +30,12 @@ fn status(error: tonic::Status) -> anyhow::Error {
 fn print_recipe(recipe: &proto::Recipe) {
     let settings = settings_from_proto(recipe.settings.clone()).unwrap_or_default();
     println!(
-        "{}  revision {}  references {}  threshold {:.4}  input {}x{}  mode {}",
+        "{}  revision {}  references {}  threshold {:.4}  input {}  mode {}",
         recipe.name,
         recipe.revision,
         recipe.reference_count,
         recipe.threshold,
-        settings.input_width,
-        settings.input_height,
+        settings.input_rule(),
         settings.match_mode
     );
     if let Some(calibration) = &recipe.calibration {

@@ -55,15 +55,14 @@ pub fn render(report: &Report, records: &[Record], gallery: &Gallery) -> String 
     );
     let _ = write!(
         page,
-        "<h1>Loupe benchmark: {}</h1><p class=\"sub\">{}, {} mode, input {}x{}, {} reference image(s), {} test frames, {}{}</p>",
+        "<h1>Loupe benchmark: {}</h1><p class=\"sub\">{}, {} mode, input {}, {} reference image(s), {} test frames, {}{}</p>",
         escape(&report.dataset),
         match report.format {
             Format::Mvtec => "MVTec AD layout",
             Format::Pairs => "golden pairs (each frame against its own reference)",
         },
         report.settings.match_mode,
-        report.settings.input_width,
-        report.settings.input_height,
+        report.settings.input_rule(),
         report.counts.train,
         report.counts.test,
         match &report.server {

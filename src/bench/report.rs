@@ -486,15 +486,14 @@ pub fn headline(report: &Report) -> Vec<(&'static str, String)> {
 /// The summary table printed on stdout.
 pub fn summary(report: &Report) -> String {
     let mut out = format!(
-        "loupe bench {} ({}, {} mode, {}x{}, {} test frames)\n",
+        "loupe bench {} ({}, {} mode, input {}, {} test frames)\n",
         report.dataset,
         match report.format {
             Format::Mvtec => "MVTec AD layout",
             Format::Pairs => "golden pairs",
         },
         report.settings.match_mode,
-        report.settings.input_width,
-        report.settings.input_height,
+        report.settings.input_rule(),
         report.counts.test
     );
     let rows = headline(report);

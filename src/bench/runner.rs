@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 
 use crate::config::EngineConfig;
 use crate::engine::{
-    Engine, EnrollError, HeatmapFormat, InspectOptions, Judge, RecipeSettings, Region, Verdict,
+    Engine, EnrollError, HeatmapFormat, InputSize, InspectOptions, Judge, RecipeSettings, Region, Verdict,
 };
 use crate::imaging::{DecodeLimits, FrameData, OwnedFrame};
 use crate::model;
@@ -336,7 +336,11 @@ impl Remote {
     }
 
     fn inspect(&mut self, path: &Path, want_map: bool) -> Result<FrameResult, BenchError> {
-        let max_size = self.settings.input_width.max(self.settings.input_height);
+        // A set size: the heatmap at it; otherwise at the frame's (0).
+        let max_size = match self.settings.input_rule() {
+            InputSize::Fixed(width, height) => width.max(height),
+            InputSize::Aspect(_) | InputSize::Native(_) => 0,
+        };
         let request = self.request(path, want_map.then_some((proto::HeatmapFormat::RawU8, max_size)))?;
         let started = Instant::now();
         let answer = self.tokio.block_on(self.inspection.inspect(request));
@@ -366,7 +370,7 @@ impl Remote {
 
     /// The RAW_U8 heatmap as scores, resampled (bilinear) to the model
     /// input size so that pixel metrics see the same grid as in-process
-    /// (with `keep_aspect` the input size varies, and the heatmap's own
+    /// (where the mode picks the input size it varies, and the heatmap's own
     /// size, of the same aspect, is kept).
     fn map_at_input_size(&mut self, heatmap: &proto::Heatmap) -> AnomalyMap {
         let (width, height) = (heatmap.width as usize, heatmap.height as usize);
@@ -379,7 +383,7 @@ impl Remote {
             self.settings.input_width as usize,
             self.settings.input_height as usize,
         );
-        if self.settings.keep_aspect
+        if !matches!(self.settings.input_rule(), InputSize::Fixed(..))
             || (width, height) == target
             || width * height != scores.len()
             || width == 0

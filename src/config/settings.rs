@@ -17,7 +17,9 @@ pub struct SettingsArgs {
     #[arg(long, env = "LOUPE_SETTINGS", value_name = "FILE")]
     pub settings: Option<PathBuf>,
 
-    /// Model input size, WxH, multiples of 16 (default 256x256).
+    /// Model input size, WxH, multiples of 16 (default: the mode chooses;
+    /// global about 256x256 pixels in each frame's aspect ratio, aligned the
+    /// golden frame's own size up to 1024x1024 pixels).
     #[arg(long, env = "LOUPE_INPUT_SIZE", value_name = "WxH", value_parser = parse_size)]
     pub input_size: Option<(u32, u32)>,
 

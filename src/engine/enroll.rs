@@ -18,17 +18,24 @@
 //!   sensor noise at the level measured in the golden image itself, so a
 //!   clean binarised image gets none), through
 //!   [`threshold::from_perturbations`].
+//!
+//! Aligned references also hold a pixel-level variation model of the golden
+//! images ([`crate::scoring::variation`]). The same calibration frames are
+//! scored on both maps; each map is divided by the highest value they reached
+//! on it (the pixel map by at least 1, its own tolerance), the fused map is
+//! the larger of the two, and the threshold is set on the fused scores.
 
 use std::sync::Arc;
 
 use crate::imaging::{FrameData, OwnedFrame};
-use crate::reference::Reference;
 use crate::reference::coreset::{self, CoresetOptions};
+use crate::reference::{PixelReference, Reference};
 use crate::scoring::map::AnomalyMap;
 use crate::scoring::nearest::{Bank, Grid};
 use crate::scoring::threshold;
+use crate::scoring::variation::{self, Comparison, VariationModel};
 
-use super::settings::{MatchMode, RecipeSettings};
+use super::settings::{InputSize, MatchMode, RecipeSettings};
 use super::{Engine, EngineError, MatchView};
 
 /// Most folds of out-of-fold calibration (fewer images: one per image).
@@ -48,6 +55,10 @@ pub struct Features {
     /// The normalised model input (3 x height x width), kept for the first
     /// image only, for single-image calibration.
     pub input: Option<(Vec<f32>, u32, u32)>,
+    /// The model input size, width x height.
+    pub input_size: (u32, u32),
+    /// Aligned: the input's gray levels (0..255), for the variation model.
+    pub gray: Option<Vec<f32>>,
 }
 
 /// Good images collected for one recipe, before the reference is built.
@@ -118,11 +129,16 @@ impl Engine {
     ) -> Result<Reference, EnrollError<E>> {
         self.validate(settings).map_err(EnrollError::Build)?;
         let mut enrollment = Enrollment::new();
+        // A size the mode picks from the frame is the first frame's for all.
+        let mut sized = settings.clone();
         for (index, frame) in frames.into_iter().enumerate() {
             let frame = frame.map_err(|error| EnrollError::Source { index, error })?;
             let features = self
-                .extract(settings, frame.as_data())
+                .extract(&sized, frame.as_data())
                 .map_err(|source| EnrollError::Frame { index, source })?;
+            if let InputSize::Native(_) = sized.input_rule() {
+                sized = settings.with_input_size(features.input_size.0, features.input_size.1);
+            }
             enrollment.add(features);
         }
         self.build_reference(settings, &enrollment)
@@ -136,12 +152,20 @@ impl Engine {
         frame: FrameData<'_>,
     ) -> Result<Features, EngineError> {
         self.decode(frame)?;
-        let (geometry, _) = self.preprocess(settings)?;
-        let (grid, _) = self.infer(1, geometry.input_width, geometry.input_height)?;
+        let (geometry, _) = self.preprocess(settings, settings.input_rule())?;
+        let (width, height) = (geometry.input_width, geometry.input_height);
+        let (grid, _) = self.infer(1, width, height)?;
+        let gray = (settings.match_mode == MatchMode::Aligned).then(|| {
+            let mut gray = Vec::new();
+            self.gray_plane(0, width, height, &mut gray);
+            gray
+        });
         Ok(Features {
             data: self.features.clone(),
             grid,
-            input: Some((self.input.clone(), geometry.input_width, geometry.input_height)),
+            input: Some((self.input.clone(), width, height)),
+            input_size: (width, height),
+            gray,
         })
     }
 
@@ -157,40 +181,57 @@ impl Engine {
             return Err(EngineError::NoReferences);
         };
         let grid = first.grid;
-        let mask = settings.mask(self.limits)?;
-        let (mode, features, scores) = match settings.match_mode {
+        let (width, height) = first.input_size;
+        let rule = match settings.input_rule() {
+            InputSize::Native(_) => InputSize::Fixed(width, height),
+            rule => rule,
+        };
+        let mask = settings.mask(rule, self.limits)?;
+        let (mode, features, scores, pixels) = match settings.match_mode {
             MatchMode::Aligned => {
-                if let Some(other) = images
-                    .iter()
-                    .find(|f| (f.grid.width, f.grid.height) != (grid.width, grid.height))
-                {
+                if let Some(other) = images.iter().find(|f| f.input_size != first.input_size) {
                     return Err(EngineError::ReferenceMismatch(format!(
-                        "aligned references need one grid; got {}x{} and {}x{}",
-                        grid.width, grid.height, other.grid.width, other.grid.height
+                        "aligned references need one input size; got {}x{} and {}x{}",
+                        width, height, other.input_size.0, other.input_size.1
                     )));
                 }
+                let planes: Vec<&[f32]> = images.iter().filter_map(|f| f.gray.as_deref()).collect();
+                if planes.len() != images.len() {
+                    return Err(EngineError::NoReferences);
+                }
+                let model = VariationModel::build(&planes, width as usize, height as usize);
                 let features: Arc<[f32]> = images.iter().flat_map(|f| f.data.iter().copied()).collect();
-                let scores = if images.len() == 1 {
+                let pairs = if images.len() == 1 {
                     let view = MatchView::Aligned {
                         references: &features,
                         neighborhood: settings.neighborhood as usize,
                     };
-                    self.perturbation_scores(first, view, mask.as_deref())?
+                    let comparison = Comparison::new(model.clone());
+                    self.perturbation_scores(first, view, mask.as_deref(), Some(&comparison))?
                 } else {
-                    self.out_of_fold_aligned(settings, images, mask.as_deref())
+                    self.out_of_fold_aligned(settings, images, &planes, mask.as_deref())
                 };
-                (MatchMode::Aligned, features, scores)
+                let (scores, feature_scale, pixel_scale) = fused_scores(&pairs);
+                let pixels = PixelReference {
+                    ideal: model.ideal,
+                    tolerance: model.tolerance,
+                    feature_scale,
+                    pixel_scale,
+                };
+                (MatchMode::Aligned, features, scores, Some(pixels))
             }
             MatchMode::Global => {
                 let coreset = coreset_rows(images.iter(), settings.reference_size as usize);
                 let bank_rows: Arc<[f32]> = coreset.rows.into();
                 let scores = if images.len() == 1 {
                     let bank = Bank::new(bank_rows.clone(), grid.channels);
-                    self.perturbation_scores(first, MatchView::Global(&bank), mask.as_deref())?
+                    let view = MatchView::Global(&bank);
+                    let pairs = self.perturbation_scores(first, view, mask.as_deref(), None)?;
+                    pairs.into_iter().map(|(feature, _)| feature).collect()
                 } else {
                     self.out_of_fold_global(images, &bank_rows, &coreset.sources, mask.as_deref())
                 };
-                (MatchMode::Global, bank_rows, scores)
+                (MatchMode::Global, bank_rows, scores, None)
             }
         };
         let calibrated = threshold::calibrate(&scores, images.len(), settings.target_false_reject_rate)
@@ -206,6 +247,9 @@ impl Engine {
             threshold: calibrated,
             calibration_scores: scores,
             model_id: self.model_id(),
+            input_width: width,
+            input_height: height,
+            pixels,
         })
     }
 
@@ -216,13 +260,43 @@ impl Engine {
         map.max()
     }
 
-    /// Aligned: each fold's images against all the other images.
+    /// The highest value of the feature map and of the pixel map (0
+    /// without a comparison) of one calibration frame, whose gray levels
+    /// are `gray`.
+    fn component_scores(
+        &mut self,
+        features: &Features,
+        view: MatchView<'_>,
+        mask: Option<&[f32]>,
+        pixels: Option<(&Comparison, &[f32])>,
+    ) -> (f32, f32) {
+        let feature = self.image_score(features, view, mask);
+        let Some((comparison, gray)) = pixels else {
+            return (feature, 0.0);
+        };
+        comparison.compare(gray, &mut self.pixel_map);
+        let pixel = match mask.filter(|m| m.len() == self.pixel_map.len()) {
+            Some(mask) => self
+                .pixel_map
+                .iter()
+                .zip(mask)
+                .map(|(&p, &m)| p * m)
+                .fold(0.0, f32::max),
+            None => self.pixel_map.iter().copied().fold(0.0, f32::max),
+        };
+        (feature, pixel)
+    }
+
+    /// Aligned: each fold's images against all the other images, on both
+    /// maps.
     fn out_of_fold_aligned(
         &mut self,
         settings: &RecipeSettings,
         images: &[Features],
+        planes: &[&[f32]],
         mask: Option<&[f32]>,
-    ) -> Vec<f32> {
+    ) -> Vec<(f32, f32)> {
+        let (width, height) = images[0].input_size;
         let mut scores = Vec::with_capacity(images.len());
         for fold in folds(images.len()) {
             let others: Vec<f32> = images
@@ -231,12 +305,23 @@ impl Engine {
                 .filter(|(i, _)| !fold.contains(i))
                 .flat_map(|(_, f)| f.data.iter().copied())
                 .collect();
+            let other_planes: Vec<&[f32]> = planes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !fold.contains(i))
+                .map(|(_, &plane)| plane)
+                .collect();
+            let comparison = Comparison::new(VariationModel::build(
+                &other_planes,
+                width as usize,
+                height as usize,
+            ));
             let view = MatchView::Aligned {
                 references: &others,
                 neighborhood: settings.neighborhood as usize,
             };
-            for image in &images[fold] {
-                scores.push(self.image_score(image, view, mask));
+            for (image, plane) in images[fold.clone()].iter().zip(&planes[fold]) {
+                scores.push(self.component_scores(image, view, mask, Some((&comparison, plane))));
             }
         }
         scores
@@ -276,13 +361,14 @@ impl Engine {
     }
 
     /// One golden image: perturbed copies against the reference built from
-    /// it.
+    /// it, on the feature map and (with a comparison) the pixel map.
     fn perturbation_scores(
         &mut self,
         golden: &Features,
         view: MatchView<'_>,
         mask: Option<&[f32]>,
-    ) -> Result<Vec<f32>, EngineError> {
+        comparison: Option<&Comparison>,
+    ) -> Result<Vec<(f32, f32)>, EngineError> {
         let Some((input, width, height)) = &golden.input else {
             return Err(EngineError::NoReferences);
         };
@@ -295,6 +381,7 @@ impl Engine {
             &normalize.std,
         );
         let mut scores = Vec::with_capacity(variants.len());
+        let mut gray = Vec::new();
         for variant in variants {
             self.input = variant;
             let (grid, _) = self.infer(1, *width, *height)?;
@@ -302,11 +389,35 @@ impl Engine {
                 data: self.features.clone(),
                 grid,
                 input: None,
+                input_size: (*width, *height),
+                gray: None,
             };
-            scores.push(self.image_score(&features, view, mask));
+            let pixels = comparison.map(|comparison| {
+                self.gray_plane(0, *width, *height, &mut gray);
+                (comparison, gray.as_slice())
+            });
+            scores.push(self.component_scores(&features, view, mask, pixels));
         }
         Ok(scores)
     }
+}
+
+/// The fused calibration scores of (feature, pixel) pairs and the two
+/// scales: each map's highest calibration value (the pixel map's at least
+/// 1, the tolerance itself), so that 1 on the fused map is as far as good
+/// frames went on either.
+fn fused_scores(pairs: &[(f32, f32)]) -> (Vec<f32>, f32, f32) {
+    let feature_scale = pairs
+        .iter()
+        .map(|&(f, _)| f)
+        .fold(0.0, f32::max)
+        .max(f32::MIN_POSITIVE.sqrt());
+    let pixel_scale = pairs.iter().map(|&(_, p)| p).fold(1.0, f32::max);
+    let scores = pairs
+        .iter()
+        .map(|&(f, p)| variation::fused_score(f / feature_scale, p / pixel_scale))
+        .collect();
+    (scores, feature_scale, pixel_scale)
 }
 
 /// The folds of out-of-fold calibration: up to [`FOLDS`] runs of
@@ -484,6 +595,8 @@ mod tests {
                 height: 1,
             },
             input: None,
+            input_size: (2, 1),
+            gray: None,
         };
         let coreset = coreset_rows([&features, &features].into_iter(), 10);
         assert_eq!(coreset.rows, [1.0, 3.0, 2.0, 4.0, 1.0, 3.0, 2.0, 4.0]);

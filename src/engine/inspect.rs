@@ -182,7 +182,7 @@ impl Engine {
                     Some(roi) => (roi.width, roi.height),
                     None => (image.width, image.height),
                 };
-                self.input_size(judge.settings(), width, height)
+                self.input_size(judge.input, width, height)
             })
             .collect();
         let mut results: Vec<Option<Result<Inspection, EngineError>>> = images.iter().map(|_| None).collect();
@@ -246,6 +246,9 @@ impl Engine {
                         let started = Instant::now();
                         let mut map = AnomalyMap::default();
                         self.build_map(k, grid, judge.mask.as_deref(), &mut map);
+                        if let Some(pixels) = judge.pixels.as_deref() {
+                            self.fuse_pixels(pixels, k, judge.mask.as_deref(), &mut map);
+                        }
                         let index = members[position];
                         let result = judgement(judge, map, geometry, &images[index], &options[index]).map(
                             |mut inspection| {

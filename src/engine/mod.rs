@@ -7,11 +7,12 @@ mod enroll;
 mod inspect;
 pub mod settings;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use enroll::{EnrollError, Enrollment, Features};
 pub use inspect::{HeatmapFormat, HeatmapImage, InspectOptions, Inspection, Region, Timings, Verdict};
-pub use settings::{MatchMode, RecipeSettings};
+pub use settings::{InputSize, MatchMode, RecipeSettings};
 
 use crate::imaging::{self, DecodeLimits, FrameData, Geometry, Image, ImagingError, Normalize, Preprocessor};
 use crate::model::{FeatureExtractor, ModelError};
@@ -19,6 +20,7 @@ use crate::reference::{self, Reference};
 use crate::scoring::map::{AnomalyMap, MapBuilder, sigma_for};
 use crate::scoring::nearest::{self, Bank, Grid, SearchScratch};
 use crate::scoring::threshold::{self, Calibrated};
+use crate::scoring::variation::{self, Comparison, VariationModel};
 
 /// Errors of the engine layer.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +53,25 @@ pub enum EngineError {
 #[derive(Debug, Clone)]
 pub struct Judge {
     settings: RecipeSettings,
+    /// The input size rule with the aligned mode's native size resolved
+    /// to the reference's.
+    input: InputSize,
     reference: Reference,
     matcher: Matcher,
+    /// Aligned: the pixel-level comparison with the golden images.
+    pixels: Option<Arc<PixelMatch>>,
     mask: Option<Vec<f32>>,
     calibrated: Option<Calibrated>,
     threshold: f32,
+}
+
+/// The pixel-level comparison of an aligned recipe and the scales that
+/// fuse its map with the feature map.
+#[derive(Debug)]
+struct PixelMatch {
+    comparison: Comparison,
+    feature_scale: f32,
+    pixel_scale: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +113,29 @@ impl Judge {
                 reference.mode, settings.match_mode
             )));
         }
-        let mask = settings.mask(limits)?;
+        let input = match settings.input_rule() {
+            InputSize::Native(_) if reference.input_width == 0 => {
+                return Err(EngineError::ReferenceMismatch(
+                    "the reference does not record its input size; set input_width and input_height, or add the references again"
+                        .into(),
+                ));
+            }
+            InputSize::Native(_) => InputSize::Fixed(reference.input_width, reference.input_height),
+            rule => rule,
+        };
+        let mask = settings.mask(input, limits)?;
+        let pixels = reference.pixels.as_ref().map(|pixels| {
+            Arc::new(PixelMatch {
+                comparison: Comparison::new(VariationModel {
+                    width: reference.input_width as usize,
+                    height: reference.input_height as usize,
+                    ideal: pixels.ideal.clone(),
+                    tolerance: pixels.tolerance.clone(),
+                }),
+                feature_scale: pixels.feature_scale,
+                pixel_scale: pixels.pixel_scale,
+            })
+        });
         // From the stored calibration scores, so that a new target needs no
         // new enrollment; a reference without scores keeps its threshold.
         let calibrated = threshold::calibrate(
@@ -109,8 +147,10 @@ impl Judge {
         let threshold = threshold::in_force(base, settings.threshold, settings.sensitivity);
         Ok(Self {
             settings,
+            input,
             reference,
             matcher,
+            pixels,
             mask,
             calibrated,
             threshold,
@@ -165,6 +205,10 @@ pub struct Engine {
     scratch: SearchScratch,
     patch_scores: Vec<f32>,
     maps: MapBuilder,
+    /// Gray levels of one input image, for the pixel comparison.
+    gray: Vec<f32>,
+    /// The pixel comparison's map.
+    pixel_map: Vec<f32>,
 }
 
 impl Engine {
@@ -187,6 +231,8 @@ impl Engine {
             scratch: SearchScratch::new(threads),
             patch_scores: Vec::new(),
             maps: MapBuilder::default(),
+            gray: Vec::new(),
+            pixel_map: Vec::new(),
         }
     }
 
@@ -214,12 +260,21 @@ impl Engine {
         settings.validate(self.model.manifest().input.size_multiple)
     }
 
-    /// The model input size for a frame of `width` x `height` (after ROI).
-    fn input_size(&self, settings: &RecipeSettings, width: u32, height: u32) -> (u32, u32) {
-        if settings.keep_aspect {
-            imaging::input_size_for_aspect(width, height, settings.input_width * settings.input_height)
-        } else {
-            (settings.input_width, settings.input_height)
+    /// The model input size for a frame of `width` x `height` (after ROI)
+    /// under `rule`.
+    fn input_size(&self, rule: InputSize, width: u32, height: u32) -> (u32, u32) {
+        let multiple = self.model.manifest().input.size_multiple.max(1);
+        match rule {
+            InputSize::Fixed(width, height) => (width, height),
+            InputSize::Aspect(pixels) => imaging::input_size_for_aspect(width, height, pixels),
+            InputSize::Native(budget) if u64::from(width) * u64::from(height) <= u64::from(budget) => {
+                let round = |side: u32| {
+                    let rounded = (side + multiple / 2) / multiple * multiple;
+                    rounded.clamp(multiple, settings::MAX_INPUT_SIZE / multiple * multiple)
+                };
+                (round(width), round(height))
+            }
+            InputSize::Native(budget) => imaging::input_size_for_aspect(width, height, budget),
         }
     }
 
@@ -231,14 +286,18 @@ impl Engine {
     }
 
     /// Crops, resizes and normalises the decoded image into the input
-    /// tensor.
-    fn preprocess(&mut self, settings: &RecipeSettings) -> Result<(Geometry, Duration), EngineError> {
+    /// tensor, sized by `rule`.
+    fn preprocess(
+        &mut self,
+        settings: &RecipeSettings,
+        rule: InputSize,
+    ) -> Result<(Geometry, Duration), EngineError> {
         let started = Instant::now();
         let (roi_width, roi_height) = match settings.roi {
             Some(roi) => (roi.width, roi.height),
             None => (self.image.width, self.image.height),
         };
-        let (width, height) = self.input_size(settings, roi_width, roi_height);
+        let (width, height) = self.input_size(rule, roi_width, roi_height);
         self.input.resize(3 * width as usize * height as usize, 0.0);
         let geometry = self.preprocessor.run(
             &self.image,
@@ -328,5 +387,44 @@ impl Engine {
             mask,
             map,
         );
+    }
+
+    /// Gray levels (0..255) of image `index` of the input tensor, each a
+    /// `width` x `height` image: its channels un-normalised and averaged.
+    fn gray_plane(&self, index: usize, width: u32, height: u32, out: &mut Vec<f32>) {
+        let pixels = width as usize * height as usize;
+        let image = &self.input[index * 3 * pixels..][..3 * pixels];
+        out.clear();
+        out.resize(pixels, 0.0);
+        for (c, plane) in image.chunks_exact(pixels).enumerate() {
+            let (scale, bias) = (
+                255.0 / 3.0 * self.normalize.std[c],
+                255.0 / 3.0 * self.normalize.mean[c],
+            );
+            out.iter_mut()
+                .zip(plane)
+                .for_each(|(g, &v)| *g += v * scale + bias);
+        }
+    }
+
+    /// Compares input image `index` with the golden images pixel by pixel
+    /// and fuses the result into its feature map `map` (see
+    /// [`crate::scoring::variation::fuse`]).
+    fn fuse_pixels(&mut self, pixels: &PixelMatch, index: usize, mask: Option<&[f32]>, map: &mut AnomalyMap) {
+        let mut gray = std::mem::take(&mut self.gray);
+        self.gray_plane(index, map.width as u32, map.height as u32, &mut gray);
+        pixels.comparison.compare(&gray, &mut self.pixel_map);
+        let mask = mask.filter(|m| m.len() == map.data.len());
+        let radius = variation::FEATURE_REACH_CELLS * self.stride();
+        variation::fuse(
+            &mut map.data,
+            &self.pixel_map,
+            (map.width, map.height),
+            (pixels.feature_scale, pixels.pixel_scale),
+            mask,
+            radius,
+            &mut gray,
+        );
+        self.gray = gray;
     }
 }

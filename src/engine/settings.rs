@@ -11,9 +11,14 @@ use crate::scoring::threshold::{
 };
 
 use super::EngineError;
+use InputSize::{Aspect, Fixed, Native};
 
-/// Default model input size (both sides).
+/// Default model input size (both sides) of the global mode: frames get
+/// about this many pixels squared, in their own aspect ratio.
 pub const DEFAULT_INPUT_SIZE: u32 = 256;
+/// Most model input pixels the aligned mode picks from a frame on its own
+/// (a frame above it is scaled down, keeping its aspect ratio).
+pub const ALIGNED_PIXEL_BUDGET: u32 = 1024 * 1024;
 /// Default aligned-mode neighbourhood, in feature cells.
 pub const DEFAULT_NEIGHBORHOOD: u32 = 1;
 /// Default global-mode coreset size: the bank size that keeps a
@@ -32,13 +37,15 @@ pub const MAX_REFERENCE_SIZE: u32 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecipeSettings {
-    /// Model input width, a multiple of 16.
+    /// Model input width, a multiple of 16; 0 (with `input_height` 0)
+    /// lets the mode choose (see [`RecipeSettings::input_rule`]).
     pub input_width: u32,
-    /// Model input height, a multiple of 16.
+    /// Model input height, a multiple of 16; 0 lets the mode choose.
     pub input_height: u32,
     /// Global only: size each frame's input to its own aspect ratio, with
     /// about `input_width x input_height` pixels (for parts whose shape
-    /// varies); otherwise every frame is resized to exactly that size.
+    /// varies); otherwise a set input size is used exactly. With no input
+    /// size set, global frames keep their aspect ratio anyway.
     pub keep_aspect: bool,
     /// Matching mode.
     pub match_mode: MatchMode,
@@ -66,8 +73,8 @@ pub struct RecipeSettings {
 impl Default for RecipeSettings {
     fn default() -> Self {
         Self {
-            input_width: DEFAULT_INPUT_SIZE,
-            input_height: DEFAULT_INPUT_SIZE,
+            input_width: 0,
+            input_height: 0,
             keep_aspect: false,
             match_mode: MatchMode::Global,
             neighborhood: DEFAULT_NEIGHBORHOOD,
@@ -86,17 +93,73 @@ fn invalid(message: String) -> EngineError {
     EngineError::InvalidSettings(message)
 }
 
+/// How a frame's model input size is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputSize {
+    /// Exactly `width` x `height` (the frame is stretched to it).
+    Fixed(u32, u32),
+    /// The frame's aspect ratio, with about this many pixels.
+    Aspect(u32),
+    /// The frame's own size, rounded to the model's size multiple, scaled
+    /// down to at most this many pixels; the first golden frame fixes it
+    /// for the recipe.
+    Native(u32),
+}
+
+impl std::fmt::Display for InputSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Fixed(width, height) => write!(f, "{width}x{height}"),
+            Self::Aspect(pixels) => write!(f, "{pixels} px in the frame's aspect ratio"),
+            Self::Native(pixels) => write!(f, "the golden frame's size, at most {pixels} px"),
+        }
+    }
+}
+
 impl RecipeSettings {
+    /// Whether the input size is the mode's choice (both sides 0).
+    pub fn input_size_is_auto(&self) -> bool {
+        (self.input_width, self.input_height) == (0, 0)
+    }
+
+    /// How frames are sized for the model. A set size is used exactly, or
+    /// as a pixel budget with `keep_aspect`. Unset, the mode chooses: global
+    /// keeps each frame's aspect ratio at about 256 x 256 pixels (exactly
+    /// 256 x 256 with a mask, which needs one size); aligned works at the
+    /// golden frame's own resolution up to [`ALIGNED_PIXEL_BUDGET`] pixels.
+    pub fn input_rule(&self) -> InputSize {
+        let default_area = DEFAULT_INPUT_SIZE * DEFAULT_INPUT_SIZE;
+        match (self.input_size_is_auto(), self.match_mode) {
+            (false, _) if self.keep_aspect => Aspect(self.input_width * self.input_height),
+            (false, _) => Fixed(self.input_width, self.input_height),
+            (true, MatchMode::Aligned) => Native(ALIGNED_PIXEL_BUDGET),
+            (true, MatchMode::Global) if self.mask_png.is_empty() => Aspect(default_area),
+            (true, MatchMode::Global) if self.keep_aspect => Aspect(default_area),
+            (true, MatchMode::Global) => Fixed(DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE),
+        }
+    }
+
+    /// A copy with the input size set.
+    pub fn with_input_size(&self, width: u32, height: u32) -> Self {
+        Self {
+            input_width: width,
+            input_height: height,
+            ..self.clone()
+        }
+    }
+
     /// Checks every field; the message says which and why.
     pub fn validate(&self, size_multiple: u32) -> Result<(), EngineError> {
-        for (name, value) in [
-            ("input_width", self.input_width),
-            ("input_height", self.input_height),
-        ] {
-            if value == 0 || value > MAX_INPUT_SIZE || value % size_multiple != 0 {
-                return Err(invalid(format!(
-                    "{name} is {value}; it must be a multiple of {size_multiple} between {size_multiple} and {MAX_INPUT_SIZE}"
-                )));
+        if !self.input_size_is_auto() {
+            for (name, value) in [
+                ("input_width", self.input_width),
+                ("input_height", self.input_height),
+            ] {
+                if value == 0 || value > MAX_INPUT_SIZE || value % size_multiple != 0 {
+                    return Err(invalid(format!(
+                        "{name} is {value}; it must be a multiple of {size_multiple} between {size_multiple} and {MAX_INPUT_SIZE} (or both sides 0: the mode chooses)"
+                    )));
+                }
             }
         }
         if self.keep_aspect && self.match_mode == MatchMode::Aligned {
@@ -146,38 +209,26 @@ impl RecipeSettings {
         Ok(())
     }
 
-    /// The inspection mask at the model input size (1 inspect, 0 ignore),
-    /// or `None` when the recipe has none.
-    pub fn mask(&self, limits: DecodeLimits) -> Result<Option<Vec<f32>>, EngineError> {
-        if self.keep_aspect {
+    /// The inspection mask at the model input size `rule` resolves to (1
+    /// inspect, 0 ignore), or `None` when the recipe has none or the size
+    /// varies from frame to frame.
+    pub fn mask(&self, rule: InputSize, limits: DecodeLimits) -> Result<Option<Vec<f32>>, EngineError> {
+        let InputSize::Fixed(width, height) = rule else {
             return Ok(None);
-        }
-        mask_plane(
-            &self.mask_png,
-            self.input_width as usize,
-            self.input_height as usize,
-            limits,
-        )
+        };
+        mask_plane(&self.mask_png, width as usize, height as usize, limits)
     }
 
     /// Whether a change from `self` to `other` invalidates the reference
     /// features (so they must be computed again from the good frames).
     pub fn reference_changes(&self, other: &Self) -> bool {
-        (
-            self.input_width,
-            self.input_height,
-            self.keep_aspect,
-            self.match_mode,
-            self.roi,
-            self.reference_size,
-        ) != (
-            other.input_width,
-            other.input_height,
-            other.keep_aspect,
-            other.match_mode,
-            other.roi,
-            other.reference_size,
-        )
+        (self.input_rule(), self.match_mode, self.roi, self.reference_size)
+            != (
+                other.input_rule(),
+                other.match_mode,
+                other.roi,
+                other.reference_size,
+            )
     }
 }
 
@@ -259,7 +310,7 @@ mod tests {
             settings.validate(16).unwrap_err().to_string()
         };
         assert!(bad(|s| s.input_width = 250).contains("input_width is 250"));
-        assert!(bad(|s| s.input_height = 0).contains("input_height"));
+        assert!(bad(|s| s.input_width = 256).contains("input_height is 0"));
         assert!(bad(|s| s.sensitivity = 0.0).contains("sensitivity"));
         assert!(bad(|s| s.target_false_reject_rate = 0.5).contains("target_false_reject_rate"));
         assert!(bad(|s| s.target_false_reject_rate = f32::NAN).contains("target_false_reject_rate"));
@@ -293,6 +344,28 @@ mod tests {
         assert_eq!(serde_json::from_str::<RecipeSettings>(&json).unwrap(), settings);
         let partial: RecipeSettings = serde_json::from_str(r#"{"match_mode": "aligned"}"#).unwrap();
         assert_eq!(partial.match_mode, MatchMode::Aligned);
-        assert_eq!(partial.input_width, DEFAULT_INPUT_SIZE);
+        assert!(partial.input_size_is_auto());
+    }
+
+    #[test]
+    fn each_mode_chooses_its_input_size_unless_one_is_set() {
+        let global = RecipeSettings::default();
+        assert_eq!(global.input_rule(), Aspect(256 * 256));
+        let masked = RecipeSettings {
+            mask_png: vec![1],
+            ..RecipeSettings::default()
+        };
+        assert_eq!(masked.input_rule(), Fixed(256, 256));
+        let aligned = RecipeSettings {
+            match_mode: MatchMode::Aligned,
+            ..RecipeSettings::default()
+        };
+        assert_eq!(aligned.input_rule(), Native(ALIGNED_PIXEL_BUDGET));
+        assert_eq!(aligned.with_input_size(320, 160).input_rule(), Fixed(320, 160));
+        let budget = RecipeSettings {
+            keep_aspect: true,
+            ..global.with_input_size(320, 160)
+        };
+        assert_eq!(budget.input_rule(), Aspect(320 * 160));
     }
 }

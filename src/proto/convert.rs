@@ -32,9 +32,14 @@ pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<Re
         Err(_) => return Err(invalid(format!("unknown match_mode {}", p.match_mode))),
     };
     let or = |value: u32, default: u32| if value == 0 { default } else { value };
+    // Both sides unset: the mode chooses; one side set: the other is 256.
+    let side = |value: u32| match (p.input_width, p.input_height) {
+        (0, 0) => 0,
+        _ => or(value, engine::settings::DEFAULT_INPUT_SIZE),
+    };
     Ok(RecipeSettings {
-        input_width: or(p.input_width, defaults.input_width),
-        input_height: or(p.input_height, defaults.input_height),
+        input_width: side(p.input_width),
+        input_height: side(p.input_height),
         keep_aspect: p.keep_aspect,
         match_mode,
         neighborhood: or(p.neighborhood, defaults.neighborhood),

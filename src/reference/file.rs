@@ -5,7 +5,11 @@
 //! Layout, little-endian: magic `LOUPEREF`, u32 format version, u32 header length,
 //! the header (mode u8, channels u32, grid width u32, grid height u32, image count
 //! u32, threshold f32, model id as u32 length + UTF-8, calibration score count u32 +
-//! f32s, feature count u64), the features as f32s, and a CRC32 of everything before it.
+//! f32s, feature count u64; since version 2 also input width u32, input height u32,
+//! pixel model u8 (0 none, 1 present), feature scale f32, pixel scale f32), the
+//! features as f32s, with a pixel model its ideal and tolerance planes (input width x
+//! height f32s each), and a CRC32 of everything before it. Version 1 files (no input
+//! size, no pixel model) are still read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,16 +17,20 @@ use std::sync::Arc;
 
 pub use super::mode::MatchMode;
 
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes (it also reads version 1).
+pub const FORMAT_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"LOUPEREF";
 /// Magic, version and header length.
 const PREAMBLE: usize = 16;
 /// The trailing CRC32.
 const TRAILER: usize = 4;
-/// Header bytes with an empty model id and no calibration scores.
-const MIN_HEADER: usize = 1 + 4 * 6 + 4 + 8;
+/// Header bytes of version 1 with an empty model id and no calibration scores.
+const MIN_HEADER_V1: usize = 1 + 4 * 6 + 4 + 8;
+/// Header bytes version 2 adds: input size, pixel model flag and its scales.
+const HEADER_V2: usize = 4 + 4 + 1 + 4 + 4;
+/// Header bytes of this version with an empty model id and no calibration scores.
+const MIN_HEADER: usize = MIN_HEADER_V1 + HEADER_V2;
 /// What `decode` calls its input when it has no file name.
 const IN_MEMORY: &str = "reference data";
 
@@ -52,6 +60,28 @@ pub struct Reference {
     /// Free-form identity of the model that produced the features (e.g. manifest
     /// sha256); checked at load by the caller.
     pub model_id: String,
+    /// Model input width it was built at (0: not recorded, version 1 files).
+    pub input_width: u32,
+    /// Model input height it was built at (0: not recorded).
+    pub input_height: u32,
+    /// Aligned: the pixel-level variation model, at the input size.
+    pub pixels: Option<PixelReference>,
+}
+
+/// The pixel-level half of an aligned reference: the variation model of the
+/// golden images (see `scoring::variation`) and the scales that put the feature
+/// map and the pixel map in one unit (each divided by the highest value the good
+/// frames' calibration reached on it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelReference {
+    /// The mean of the registered golden images, gray levels, input size.
+    pub ideal: Vec<f32>,
+    /// Per-pixel tolerance, gray levels, input size.
+    pub tolerance: Vec<f32>,
+    /// Divides the feature map.
+    pub feature_scale: f32,
+    /// Divides the pixel map (`|frame - ideal| / tolerance`).
+    pub pixel_scale: f32,
 }
 
 impl Reference {
@@ -176,7 +206,11 @@ fn truncated(expected: usize, found: usize) -> ReferenceError {
 pub fn encode(reference: &Reference) -> Vec<u8> {
     let id = reference.model_id.as_bytes();
     let header_len = MIN_HEADER + id.len() + 4 * reference.calibration_scores.len();
-    let total = PREAMBLE + header_len + 4 * reference.features.len() + TRAILER;
+    let planes = reference
+        .pixels
+        .as_ref()
+        .map_or(0, |p| p.ideal.len() + p.tolerance.len());
+    let total = PREAMBLE + header_len + 4 * (reference.features.len() + planes) + TRAILER;
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -196,7 +230,17 @@ pub fn encode(reference: &Reference) -> Vec<u8> {
     out.extend_from_slice(&clamp_u32(reference.calibration_scores.len()).to_le_bytes());
     put_f32s(&mut out, &reference.calibration_scores);
     out.extend_from_slice(&(reference.features.len() as u64).to_le_bytes());
+    out.extend_from_slice(&reference.input_width.to_le_bytes());
+    out.extend_from_slice(&reference.input_height.to_le_bytes());
+    let pixels = reference.pixels.as_ref();
+    out.push(u8::from(pixels.is_some()));
+    out.extend_from_slice(&pixels.map_or(0.0, |p| p.feature_scale).to_le_bytes());
+    out.extend_from_slice(&pixels.map_or(0.0, |p| p.pixel_scale).to_le_bytes());
     put_f32s(&mut out, &reference.features);
+    if let Some(pixels) = pixels {
+        put_f32s(&mut out, &pixels.ideal);
+        put_f32s(&mut out, &pixels.tolerance);
+    }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -263,9 +307,9 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
             .and_then(|b| b.first_chunk())
             .map(|b| u32::from_le_bytes(*b))
     };
-    let shortest = PREAMBLE + MIN_HEADER + TRAILER;
+    let shortest = PREAMBLE + MIN_HEADER_V1 + TRAILER;
     let version = word(8).ok_or_else(|| truncated(shortest, bytes.len()))?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != 1 {
         return Err(ReferenceError::Version {
             origin: IN_MEMORY.into(),
             found: version,
@@ -273,9 +317,10 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
         });
     }
     let header_len = word(12).ok_or_else(|| truncated(shortest, bytes.len()))? as usize;
-    if header_len < MIN_HEADER {
+    let min_header = if version == 1 { MIN_HEADER_V1 } else { MIN_HEADER };
+    if header_len < min_header {
         return Err(corrupt(format!(
-            "the header length {header_len} is below the minimum {MIN_HEADER}"
+            "the header length {header_len} is below the minimum {min_header}"
         )));
     }
     let body = PREAMBLE + header_len;
@@ -295,6 +340,26 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
     let score_count = cursor.u32("calibration score count")? as usize;
     let scores = cursor.take(score_count.saturating_mul(4), "calibration scores")?;
     let feature_count = u64::from_le_bytes(cursor.array("feature count")?);
+    let (input_width, input_height, has_pixels, feature_scale, pixel_scale) = if version == 1 {
+        (0, 0, 0, 0.0, 0.0)
+    } else {
+        (
+            cursor.u32("input width")?,
+            cursor.u32("input height")?,
+            cursor.array::<1>("pixel model flag")?[0],
+            f32::from_le_bytes(cursor.array("feature scale")?),
+            f32::from_le_bytes(cursor.array("pixel scale")?),
+        )
+    };
+    if has_pixels > 1 {
+        return Err(corrupt(format!("unknown pixel model flag {has_pixels}")));
+    }
+    // Both planes of a pixel model, in values (at most 2 x u32::MAX^2: fits u64).
+    let plane_values = if has_pixels == 1 {
+        2 * u64::from(input_width) * u64::from(input_height)
+    } else {
+        0
+    };
     if !cursor.bytes.is_empty() {
         return Err(corrupt(format!(
             "the header has {} unexpected trailing bytes",
@@ -302,7 +367,8 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
         )));
     }
 
-    let expected = usize::try_from(feature_count)
+    let values = feature_count.saturating_add(plane_values);
+    let expected = usize::try_from(values)
         .ok()
         .and_then(|count| count.checked_mul(4))
         .and_then(|len| len.checked_add(body + TRAILER))
@@ -310,9 +376,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
     if bytes.len() < expected {
         return Err(ReferenceError::Truncated {
             origin: IN_MEMORY.into(),
-            expected: feature_count
-                .saturating_mul(4)
-                .saturating_add((body + TRAILER) as u64),
+            expected: values.saturating_mul(4).saturating_add((body + TRAILER) as u64),
             found: bytes.len() as u64,
         });
     }
@@ -337,16 +401,29 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
 
     let mode = MatchMode::from_code(mode).ok_or_else(|| corrupt(format!("unknown match mode {mode}")))?;
     let model_id = String::from_utf8(model_id.to_vec()).map_err(|_| corrupt("the model id is not UTF-8"))?;
+    let (features, planes) = content[body..].split_at(feature_count as usize * 4);
+    let pixels = (has_pixels == 1).then(|| {
+        let (ideal, tolerance) = planes.split_at(planes.len() / 2);
+        PixelReference {
+            ideal: get_f32s(ideal),
+            tolerance: get_f32s(tolerance),
+            feature_scale,
+            pixel_scale,
+        }
+    });
     let reference = Reference {
         mode,
         channels,
         grid_width,
         grid_height,
-        features: get_f32s(&content[body..]).into(),
+        features: get_f32s(features).into(),
         image_count,
         threshold,
         calibration_scores: get_f32s(scores),
         model_id,
+        input_width,
+        input_height,
+        pixels,
     };
     check(&reference).map_err(corrupt)?;
     Ok(reference)
@@ -377,6 +454,22 @@ fn check(reference: &Reference) -> Result<(), String> {
         return Err(format!(
             "{len} feature values are not a whole, non-zero number of {unit} ({per_row})"
         ));
+    }
+    if let Some(pixels) = &reference.pixels {
+        let plane = reference.input_width as usize * reference.input_height as usize;
+        if reference.mode != MatchMode::Aligned || plane == 0 {
+            return Err("a pixel model needs the aligned mode and an input size".into());
+        }
+        if pixels.ideal.len() != plane || pixels.tolerance.len() != plane {
+            return Err("the pixel model's planes do not match the input size".into());
+        }
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(pixels.feature_scale)
+            || !positive(pixels.pixel_scale)
+            || !pixels.tolerance.iter().all(|&t| positive(t))
+        {
+            return Err("the pixel model's scales and tolerances must be finite and above 0".into());
+        }
     }
     Ok(())
 }
@@ -424,6 +517,9 @@ mod tests {
             threshold: 1.25,
             calibration_scores: vec![0.5, 0.75, 1.0],
             model_id: "sha256:abc→d".into(),
+            input_width: 32,
+            input_height: 16,
+            pixels: None,
         }
     }
 
@@ -437,9 +533,41 @@ mod tests {
         }
     }
 
+    fn with_pixels() -> Reference {
+        Reference {
+            pixels: Some(PixelReference {
+                ideal: (0..32 * 16).map(|i| i as f32).collect(),
+                tolerance: vec![20.0; 32 * 16],
+                feature_scale: 3.5,
+                pixel_scale: 1.25,
+            }),
+            ..aligned()
+        }
+    }
+
+    #[test]
+    fn reads_version_1_files() {
+        // Version 1: the same header without the input size and pixel model.
+        let reference = Reference {
+            input_width: 0,
+            input_height: 0,
+            ..global()
+        };
+        let mut bytes = encode(&reference);
+        let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let v2_fields = PREAMBLE + header_len - HEADER_V2..PREAMBLE + header_len;
+        bytes.drain(v2_fields);
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        bytes[12..16].copy_from_slice(&((header_len - HEADER_V2) as u32).to_le_bytes());
+        bytes.truncate(bytes.len() - TRAILER);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&bytes).unwrap(), reference);
+    }
+
     #[test]
     fn round_trips_both_modes() {
-        for reference in [global(), aligned()] {
+        for reference in [global(), aligned(), with_pixels()] {
             assert_eq!(decode(&encode(&reference)).unwrap(), reference);
         }
         assert_eq!(global().rows(), 5);
@@ -461,7 +589,7 @@ mod tests {
         ));
         let message = error.to_string();
         assert!(
-            message.contains("format version 3") && message.contains("reads version 1"),
+            message.contains("format version 3") && message.contains("reads version 2"),
             "{message}"
         );
         // The version is judged before the rest, however broken.
@@ -473,7 +601,7 @@ mod tests {
 
     #[test]
     fn refuses_every_truncation() {
-        for reference in [global(), aligned()] {
+        for reference in [global(), aligned(), with_pixels()] {
             let bytes = encode(&reference);
             for len in 0..bytes.len() {
                 let error = decode(&bytes[..len]).expect_err("a truncated file was accepted");
@@ -523,7 +651,19 @@ mod tests {
         partial_image.features = partial_image.features[..30].into();
         let mut no_channels = global();
         no_channels.channels = 0;
-        for reference in [ragged, empty, partial_image, no_channels] {
+        let mut zero_tolerance = with_pixels();
+        zero_tolerance.pixels.as_mut().unwrap().tolerance[3] = 0.0;
+        let mut global_pixels = with_pixels();
+        global_pixels.mode = MatchMode::Global;
+        global_pixels.features = global().features;
+        for reference in [
+            ragged,
+            empty,
+            partial_image,
+            no_channels,
+            zero_tolerance,
+            global_pixels,
+        ] {
             let error = decode(&encode(&reference)).unwrap_err();
             assert!(matches!(error, ReferenceError::Corrupt { .. }), "{error}");
         }

@@ -8,5 +8,5 @@ pub mod file;
 mod mode;
 
 pub use coreset::{CoresetOptions, project, select};
-pub use file::{FORMAT_VERSION, Reference, ReferenceError, decode, encode, load, to_bytes};
+pub use file::{FORMAT_VERSION, PixelReference, Reference, ReferenceError, decode, encode, load, to_bytes};
 pub use mode::{MatchMode, UnknownMode};

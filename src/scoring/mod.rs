@@ -7,3 +7,4 @@ pub mod map;
 pub mod nearest;
 pub mod regions;
 pub mod threshold;
+pub mod variation;
