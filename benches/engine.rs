@@ -75,8 +75,12 @@ fn whole_engine(c: &mut Criterion) {
         ("global_default", MatchMode::Global, 20),
         ("aligned_10_refs", MatchMode::Aligned, 10),
     ] {
+        // 256x256 set: the mode would otherwise choose (aligned: the
+        // frame's own 1024x1024).
         let settings = RecipeSettings {
             match_mode: mode,
+            input_width: 256,
+            input_height: 256,
             ..RecipeSettings::default()
         };
         let mut enrollment = Enrollment::new();
