@@ -154,6 +154,7 @@ impl Served {
                 recipe: if i == 0 { "bench".into() } else { String::new() },
                 frame: Some(raw_frame(good)),
                 replace: false,
+                name: String::new(),
             })
             .collect();
         recipes

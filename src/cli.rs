@@ -38,6 +38,12 @@ fn print_recipe(recipe: &proto::Recipe) {
         settings.input_rule(),
         settings.match_mode
     );
+    if recipe.status == proto::RecipeStatus::Damaged as i32 {
+        println!(
+            "    DAMAGED: {}; delete it with `loupe recipe delete {}` and create it again",
+            recipe.status_reason, recipe.name
+        );
+    }
     if let Some(calibration) = &recipe.calibration {
         let expected = calibration
             .expected_false_reject_rate
@@ -94,7 +100,7 @@ pub async fn recipe(args: RecipeArgs) -> Result<()> {
         }
         RecipeAction::List => {
             let list = client
-                .list_recipes(proto::ListRecipesRequest {})
+                .list_recipes(proto::ListRecipesRequest::default())
                 .await
                 .map_err(status)?;
             if list.get_ref().recipes.is_empty() {
@@ -129,6 +135,7 @@ pub async fn recipe(args: RecipeArgs) -> Result<()> {
                     recipe: if index == 0 { name.clone() } else { String::new() },
                     frame: Some(read_frame(file)?),
                     replace: index == 0 && replace,
+                    name: file.display().to_string(),
                 });
             }
             let recipe = client

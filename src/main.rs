@@ -2,6 +2,7 @@
 //! Set-up failures (bad flags, no usable ONNX Runtime, a model that does not
 //! match its manifest) print one line and exit with code 2.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,6 +10,8 @@ use clap::Parser;
 use loupe::bench::BenchConfig;
 use loupe::config::{BenchArgs, Cli, Command, ServeArgs};
 use loupe::runtime::{self, Lookup};
+use loupe::server::StartError;
+use loupe::store::StoreError;
 use std::future::Future;
 
 /// Exit code for a set-up problem the user can fix (flags, runtime, model).
@@ -57,8 +60,10 @@ fn setup<E: std::fmt::Display>(error: E) -> Failure {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, not in a log file.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -106,6 +111,9 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|error| match error {
                 loupe::serve::ServeError::Model(error) => setup(error),
+                loupe::serve::ServeError::Start(StartError::Store(error @ StoreError::Locked { .. })) => {
+                    setup(error)
+                }
                 other => Failure::Other(other.into()),
             })
     })

@@ -14,7 +14,7 @@ use crate::grpc::{self, GrpcError};
 use crate::imaging::DecodeLimits;
 use crate::model::ModelError;
 use crate::runtime::Runtime;
-use crate::server::{Events, Server, ServerConfig, StartError};
+use crate::server::{Events, ReferenceLimits, Server, ServerConfig, StartError};
 
 /// Why `loupe serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,9 @@ pub enum ServeError {
     /// The engine thread died while starting.
     #[error("the engine thread stopped unexpectedly")]
     Worker,
+    /// The engine thread panicked while serving.
+    #[error("the engine thread panicked ({0}); the server stopped so that its supervisor restarts it")]
+    EngineDied(String),
 }
 
 impl From<StartError> for ServeError {
@@ -61,10 +64,18 @@ pub fn server_config(config: &ServeConfig) -> ServerConfig {
         model: config.engine.model.clone(),
         decode: DecodeLimits {
             max_pixels: config.limits.max_frame_pixels,
+            max_bytes: config.limits.max_frame_bytes,
         },
+        decode_budget: config.limits.max_decode_bytes,
+        max_response_bytes: config.limits.max_message_bytes,
         max_pending: config.limits.max_pending,
         max_batch: config.max_batch,
-        max_references: config.limits.max_references,
+        references: ReferenceLimits {
+            call_frames: config.limits.max_references,
+            call_bytes: config.limits.max_reference_bytes,
+            recipe_frames: config.limits.max_recipe_frames,
+            recipe_bytes: config.limits.max_recipe_bytes,
+        },
     }
 }
 
@@ -97,11 +108,16 @@ pub async fn serve_with_events(
 
     let (serving_tx, serving_rx) = tokio::sync::oneshot::channel::<()>();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
-    let ready = starting.ready;
+    let (ready, died) = (starting.ready, starting.died);
     tokio::spawn(async move {
         match ready.await {
             Ok(Ok(())) => {
                 let _ = serving_tx.send(());
+                // Health turns NOT_SERVING and the server stops with an
+                // error if the engine dies.
+                if let Ok(cause) = died.await {
+                    let _ = failed_tx.send(ServeError::EngineDied(cause));
+                }
             }
             Ok(Err(error)) => {
                 let _ = failed_tx.send(error.into());
@@ -117,7 +133,10 @@ pub async fn serve_with_events(
         }
     };
 
-    tracing::info!(addr = ?listener.local_addr().ok(), data_dir = %config.data_dir.display(), "listening for gRPC");
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "an unknown address".to_owned(), |addr| addr.to_string());
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening for gRPC");
     let (error_tx, error_rx) = tokio::sync::oneshot::channel::<ServeError>();
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let stopped = stopping.clone();

@@ -314,7 +314,7 @@ async fn every_status_code_the_contract_names() {
         .await
         .unwrap();
     let names: Vec<String> = recipes
-        .list_recipes(ListRecipesRequest {})
+        .list_recipes(ListRecipesRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -362,7 +362,7 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
 }
 
 #[tokio::test]
-async fn a_restart_serves_the_same_verdicts_and_skips_a_damaged_recipe() {
+async fn a_restart_serves_the_same_verdicts_and_lists_a_damaged_recipe_until_deleted() {
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::start(common::config(data.path())).await;
     let (mut recipes, mut inspection) = clients(&server).await;
@@ -389,14 +389,191 @@ async fn a_restart_serves_the_same_verdicts_and_skips_a_damaged_recipe() {
     assert_eq!(after.score, before.score);
     assert_eq!(after.threshold, before.threshold);
     assert_eq!(after.recipe_revision, before.recipe_revision);
-    let status = recipes
+    // The damaged recipe is listed with its reason, its files are left for a
+    // person to look at, it judges nothing, and deleting it works.
+    let broken = recipes
         .get_recipe(GetRecipeRequest {
             name: "broken".into(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    // The damaged recipe's files are left for a person to look at.
+        .unwrap()
+        .into_inner();
+    assert_eq!(broken.status, proto::RecipeStatus::Damaged as i32);
+    assert!(
+        broken.status_reason.contains("recipe.json is damaged") && !broken.status_reason.contains('/'),
+        "{}",
+        broken.status_reason
+    );
     assert!(data.path().join("recipes/broken/recipe.json").exists());
+    let status = inspection
+        .inspect(request("broken", raw(scratched()), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("damaged"), "{}", status.message());
+    recipes
+        .delete_recipe(DeleteRecipeRequest {
+            name: "broken".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!data.path().join("recipes/broken").exists());
+    let listed = recipes
+        .list_recipes(ListRecipesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = listed.recipes.iter().map(|recipe| recipe.name.as_str()).collect();
+    assert_eq!(names, ["weave"]);
+    assert_eq!(listed.recipes[0].status, proto::RecipeStatus::Ready as i32);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn add_references_names_the_bad_frame_and_caps_frames_per_call_and_per_recipe() {
+    use loupe::proto::AddReferencesRequest;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = common::config(data.path());
+    config.limits.max_reference_bytes = 3 * 256 * 256 * 3;
+    config.limits.max_recipe_frames = 4;
+    let server = TestServer::start(config).await;
+    let (mut recipes, _) = clients(&server).await;
+    recipes
+        .create_recipe(CreateRecipeRequest {
+            name: "weave".into(),
+            settings: None,
+        })
+        .await
+        .unwrap();
+    let good = |seed: u64| AddReferencesRequest {
+        recipe: "weave".into(),
+        frame: Some(raw(texture(seed, seed as f32, 0.0))),
+        replace: false,
+        name: format!("good-{seed}.png"),
+    };
+    let broken = AddReferencesRequest {
+        recipe: "weave".into(),
+        frame: Some(Frame {
+            image: Some(proto::frame::Image::Encoded(
+                b"not an image at all".to_vec().into(),
+            )),
+        }),
+        replace: false,
+        name: "line-2/broken.png".into(),
+    };
+    let status = recipes
+        .add_references(tokio_stream::iter([good(1), broken]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("good frame 1 (\"line-2/broken.png\"): unsupported encoded format"),
+        "{}",
+        status.message()
+    );
+
+    // Four frames are more bytes than one call may bring.
+    let status = recipes
+        .add_references(tokio_stream::iter((1..5).map(good)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("--max-reference-bytes"),
+        "{}",
+        status.message()
+    );
+
+    // Three frames fit the call, and five the recipe does not.
+    let recipe = recipes
+        .add_references(tokio_stream::iter((1..4).map(good)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recipe.reference_count, 3);
+    let status = recipes
+        .add_references(tokio_stream::iter((4..6).map(good)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("--max-recipe-frames"),
+        "{}",
+        status.message()
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_heatmap_that_cannot_fit_an_answer_is_refused_before_the_work_and_lists_leave_masks_out() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = common::config(data.path());
+    config.limits.max_message_bytes = 256 << 10;
+    let server = TestServer::start(config).await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+    enroll(&mut recipes, "weave").await;
+
+    // A 1024x1024 frame in a 3 KB file: its full-size raw map is 1 MiB.
+    let mut png = Vec::new();
+    image::DynamicImage::new_luma8(1024, 1024)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let frame = Frame {
+        image: Some(proto::frame::Image::Encoded(png.into())),
+    };
+    let mut call = request("weave", frame, "big");
+    call.heatmap = Some(HeatmapOptions {
+        format: HeatmapFormat::RawU8 as i32,
+        max_size: 0,
+    });
+    let status = inspection.inspect(call.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("a 1024x1024 RAW_U8 heatmap is 1048576 bytes"),
+        "{}",
+        status.message()
+    );
+    call.heatmap = Some(HeatmapOptions {
+        format: HeatmapFormat::RawU8 as i32,
+        max_size: 256,
+    });
+    let answer = inspection.inspect(call).await.unwrap().into_inner();
+    assert_eq!(answer.heatmap.unwrap().width, 256);
+
+    // A mask travels in GetRecipe and in a FULL list, not in a BASIC one.
+    let mut mask = Vec::new();
+    image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(256, 256, image::Luma([255])))
+        .write_to(&mut std::io::Cursor::new(&mut mask), image::ImageFormat::Png)
+        .unwrap();
+    recipes
+        .create_recipe(CreateRecipeRequest {
+            name: "masked".into(),
+            settings: Some(RecipeSettings {
+                mask_png: mask.clone().into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let masks = |list: proto::ListRecipesResponse| -> Vec<usize> {
+        list.recipes
+            .iter()
+            .map(|recipe| recipe.settings.as_ref().unwrap().mask_png.len())
+            .collect()
+    };
+    let basic = recipes.list_recipes(ListRecipesRequest::default()).await.unwrap();
+    assert_eq!(masks(basic.into_inner()), [0, 0]);
+    let full = recipes
+        .list_recipes(ListRecipesRequest {
+            view: proto::RecipeView::Full as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(masks(full.into_inner()), [mask.len(), 0]);
     server.stop().await.unwrap();
 }

@@ -53,3 +53,60 @@ async fn a_model_that_breaks_its_manifest_stops_the_server_with_a_clear_error() 
     assert!(error.contains("does not match its manifest"), "{error}");
     assert!(error.contains("`logits`"), "{error}");
 }
+
+#[tokio::test]
+async fn reflection_answers_in_v1_and_in_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let channel = server.channel().await;
+
+    let mut current = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = current
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1 did not list the services");
+    };
+    let names: Vec<_> = list.service.iter().map(|service| service.name.as_str()).collect();
+    assert!(
+        names.contains(&"loupe.v1.Inspection") && names.contains(&"loupe.v1.Recipes"),
+        "{names:?}"
+    );
+
+    // grpcio-reflection, Python's standard client, and older tools speak v1alpha.
+    let mut older = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = older
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha did not list the services");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|service| service.name == "loupe.v1.Inspection")
+    );
+    server.stop().await.unwrap();
+}

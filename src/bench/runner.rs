@@ -305,6 +305,7 @@ impl Remote {
                 recipe: self.recipe.clone(),
                 frame: Some(encoded_frame(read(path)?)),
                 replace: index == 0,
+                name: path.display().to_string(),
             });
             progress();
         }

@@ -36,9 +36,35 @@ pub struct ServeArgs {
     #[arg(long, env = "LOUPE_MAX_FRAME_PIXELS", default_value_t = 64 << 20)]
     pub max_frame_pixels: u64,
 
+    /// Most bytes decoding one frame may hold (its pixels at the decoder's
+    /// sample width, read from the header before anything is allocated);
+    /// a larger frame gets INVALID_ARGUMENT.
+    #[arg(long, env = "LOUPE_MAX_FRAME_BYTES", default_value_t = crate::imaging::DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: u64,
+
+    /// Most bytes all frames being decoded and judged may hold at once
+    /// [default: a quarter of the machine's memory]. Past it, a unary call
+    /// with a deadline waits for memory until then, one without gets
+    /// RESOURCE_EXHAUSTED, and a stream waits.
+    #[arg(long, env = "LOUPE_MAX_DECODE_BYTES")]
+    pub max_decode_bytes: Option<u64>,
+
     /// Most good frames one AddReferences call may send.
     #[arg(long, env = "LOUPE_MAX_REFERENCES", default_value_t = 1000)]
     pub max_references: usize,
+
+    /// Most bytes of good frames one AddReferences call may send (the call
+    /// holds them all until the reference is built).
+    #[arg(long, env = "LOUPE_MAX_REFERENCE_BYTES", default_value_t = 2 << 30)]
+    pub max_reference_bytes: u64,
+
+    /// Most good frames a recipe stores.
+    #[arg(long, env = "LOUPE_MAX_RECIPE_FRAMES", default_value_t = 5000)]
+    pub max_recipe_frames: u64,
+
+    /// Most bytes of good frames a recipe stores on disk.
+    #[arg(long, env = "LOUPE_MAX_RECIPE_BYTES", default_value_t = 10 << 30)]
+    pub max_recipe_bytes: u64,
 
     /// Most frames accepted for inspection at once (running or waiting);
     /// beyond that a request gets RESOURCE_EXHAUSTED at once.
@@ -69,8 +95,18 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest frame, pixels.
     pub max_frame_pixels: u64,
+    /// Most bytes decoding one frame may hold.
+    pub max_frame_bytes: u64,
+    /// Most bytes all frames in flight may hold.
+    pub max_decode_bytes: u64,
     /// Most frames in one AddReferences call.
     pub max_references: usize,
+    /// Most bytes in one AddReferences call.
+    pub max_reference_bytes: u64,
+    /// Most good frames per recipe.
+    pub max_recipe_frames: u64,
+    /// Most bytes of good frames per recipe.
+    pub max_recipe_bytes: u64,
     /// Most frames accepted for inspection at once.
     pub max_pending: usize,
 }
@@ -80,7 +116,12 @@ impl Default for Limits {
         Self {
             max_message_bytes: 64 << 20,
             max_frame_pixels: 64 << 20,
+            max_frame_bytes: crate::imaging::DEFAULT_MAX_FRAME_BYTES,
+            max_decode_bytes: 1 << 30,
             max_references: 1000,
+            max_reference_bytes: 2 << 30,
+            max_recipe_frames: 5000,
+            max_recipe_bytes: 10 << 30,
             max_pending: 64,
         }
     }
@@ -108,6 +149,17 @@ impl ServeArgs {
     pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
         at_least("max-message-bytes", self.max_message_bytes as u64, 1024)?;
         at_least("max-frame-pixels", self.max_frame_pixels, 1)?;
+        at_least("max-frame-bytes", self.max_frame_bytes, 1024)?;
+        let max_decode_bytes = self.max_decode_bytes.unwrap_or_else(default_decode_budget);
+        if max_decode_bytes < self.max_frame_bytes {
+            return Err(ConfigError {
+                flag: "max-decode-bytes",
+                reason: format!(
+                    "is {max_decode_bytes}, below --max-frame-bytes {}: no frame could ever be decoded",
+                    self.max_frame_bytes
+                ),
+            });
+        }
         at_least("max-references", self.max_references as u64, 1)?;
         at_least("max-pending", self.max_pending as u64, 1)?;
         at_least("max-batch", self.max_batch as u64, 1)?;
@@ -124,11 +176,29 @@ impl ServeArgs {
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_frame_pixels: self.max_frame_pixels,
+                max_frame_bytes: self.max_frame_bytes,
+                max_decode_bytes,
                 max_references: self.max_references,
+                max_reference_bytes: self.max_reference_bytes,
+                max_recipe_frames: self.max_recipe_frames,
+                max_recipe_bytes: self.max_recipe_bytes,
                 max_pending: self.max_pending,
             },
             max_batch: self.max_batch,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
         })
     }
+}
+
+/// A quarter of the machine's memory (`MemTotal` in /proc/meminfo), or 1 GiB
+/// where that cannot be read; never below the default per-frame limit.
+fn default_decode_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    total
+        .map_or(1 << 30, |bytes| bytes / 4)
+        .max(crate::imaging::DEFAULT_MAX_FRAME_BYTES)
 }

@@ -16,6 +16,11 @@ use InputSize::{Aspect, Fixed, Native};
 /// Default model input size (both sides) of the global mode: frames get
 /// about this many pixels squared, in their own aspect ratio.
 pub const DEFAULT_INPUT_SIZE: u32 = 256;
+/// Accepted sensitivities: the calibrated threshold is divided by it, so
+/// the range keeps every threshold finite and above 0.
+pub const SENSITIVITY_RANGE: (f32, f32) = (0.01, 100.0);
+/// Accepted fixed thresholds on the anomaly score.
+pub const THRESHOLD_RANGE: (f32, f32) = (1e-6, 1e6);
 /// Most model input pixels the aligned mode picks from a frame on its own
 /// (a frame above it is scaled down, keeping its aspect ratio).
 pub const ALIGNED_PIXEL_BUDGET: u32 = 1024 * 1024;
@@ -178,10 +183,10 @@ impl RecipeSettings {
                 self.neighborhood
             )));
         }
-        if !(self.sensitivity.is_finite() && self.sensitivity > 0.0) {
+        if !(SENSITIVITY_RANGE.0..=SENSITIVITY_RANGE.1).contains(&self.sensitivity) {
             return Err(invalid(format!(
-                "sensitivity is {}; it must be above 0",
-                self.sensitivity
+                "sensitivity is {}; it must be between {} and {} (1 keeps the calibrated threshold, above 1 fails more parts)",
+                self.sensitivity, SENSITIVITY_RANGE.0, SENSITIVITY_RANGE.1
             )));
         }
         let target = self.target_false_reject_rate;
@@ -191,9 +196,12 @@ impl RecipeSettings {
             )));
         }
         if let Some(threshold) = self.threshold
-            && !(threshold.is_finite() && threshold > 0.0)
+            && !(THRESHOLD_RANGE.0..=THRESHOLD_RANGE.1).contains(&threshold)
         {
-            return Err(invalid(format!("threshold is {threshold}; it must be above 0")));
+            return Err(invalid(format!(
+                "threshold is {threshold}; it must be between {} and {}",
+                THRESHOLD_RANGE.0, THRESHOLD_RANGE.1
+            )));
         }
         if self.reference_size == 0 || self.reference_size > MAX_REFERENCE_SIZE {
             return Err(invalid(format!(
@@ -312,6 +320,12 @@ mod tests {
         assert!(bad(|s| s.input_width = 250).contains("input_width is 250"));
         assert!(bad(|s| s.input_width = 256).contains("input_height is 0"));
         assert!(bad(|s| s.sensitivity = 0.0).contains("sensitivity"));
+        // Found by a hostile client: 1e-40 made the threshold infinite, so
+        // every part passed.
+        assert!(bad(|s| s.sensitivity = 1e-40).contains("it must be between 0.01 and 100"));
+        assert!(bad(|s| s.sensitivity = f32::INFINITY).contains("sensitivity"));
+        assert!(bad(|s| s.threshold = Some(f32::INFINITY)).contains("threshold"));
+        assert!(bad(|s| s.threshold = Some(1e-30)).contains("threshold"));
         assert!(bad(|s| s.target_false_reject_rate = 0.5).contains("target_false_reject_rate"));
         assert!(bad(|s| s.target_false_reject_rate = f32::NAN).contains("target_false_reject_rate"));
         assert!(bad(|s| s.threshold = Some(f32::NAN)).contains("threshold"));

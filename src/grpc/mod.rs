@@ -72,10 +72,13 @@ pub async fn serve(
         set_health(&reporter, ServingStatus::NotServing).await;
         tracing::info!("shutting down: no new calls, waiting for calls in flight");
     };
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // v1 for current tools, v1alpha for grpcio-reflection and older ones.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let inspection = InspectionServer::new(InspectionService::new(server.clone()))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
@@ -94,6 +97,7 @@ pub async fn serve(
         .max_frame_size(MAX_FRAME)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(inspection)
         .add_service(recipes)
         .serve_with_incoming_shutdown(incoming, stop)

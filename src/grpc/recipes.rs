@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::imaging::OwnedFrame;
 use crate::proto;
 use crate::proto::convert::{frame_from_proto, recipe_state_to_proto, settings_from_proto};
 use crate::proto::recipes_server::Recipes;
-use crate::server::Server;
+use crate::server::{GoodFrame, Server, frame_label};
+use crate::text::quoted;
 
 /// The gRPC face of the core's recipes.
 #[derive(Debug, Clone)]
@@ -24,10 +24,12 @@ impl RecipesService {
 
     /// Reads an AddReferences stream: the recipe from the first message
     /// (later ones may repeat it), `replace` from the first, frames from any.
+    /// Each frame is checked as it arrives (the call's caps, its header), so
+    /// a bad one stops the call before the rest is held.
     async fn collect(
         &self,
         mut stream: Streaming<proto::AddReferencesRequest>,
-    ) -> Result<(String, bool, Vec<OwnedFrame>), Status> {
+    ) -> Result<(String, bool, Vec<GoodFrame>), Status> {
         let status =
             |status: Status| Status::invalid_argument(format!("reading the stream: {}", status.message()));
         let Some(first) = stream.message().await.map_err(status)? else {
@@ -36,30 +38,46 @@ impl RecipesService {
         if first.recipe.is_empty() {
             return Err(Status::invalid_argument("the first message must name the recipe"));
         }
-        self.server.recipe(&first.recipe)?;
-        let (recipe, replace) = (first.recipe, first.replace);
-        let max = self.server.max_references();
-        let mut frames = Vec::new();
-        let mut next = Some(proto::AddReferencesRequest {
-            recipe: String::new(),
-            frame: first.frame,
-            replace: false,
-        });
+        self.server.recipe(&first.recipe)?.usable()?;
+        let (recipe, replace) = (first.recipe.clone(), first.replace);
+        let limits = self.server.reference_limits();
+        let (mut frames, mut bytes) = (Vec::new(), 0u64);
+        let mut next = Some(first);
         while let Some(message) = next {
             if !message.recipe.is_empty() && message.recipe != recipe {
                 return Err(Status::invalid_argument(format!(
-                    "message {} names recipe {:?}, the stream is for {recipe:?}",
+                    "message {} names recipe {}, the stream is for {}",
                     frames.len() + 1,
-                    message.recipe
+                    quoted(&message.recipe),
+                    quoted(&recipe)
                 )));
             }
             if message.frame.is_some() {
-                if frames.len() == max {
+                let index = frames.len();
+                let label = || frame_label(index, &message.name);
+                if index == limits.call_frames {
                     return Err(Status::invalid_argument(format!(
-                        "more than {max} good frames in one call; send them in several calls or raise --max-references"
+                        "{}: more than {} good frames in one call; send them in several calls or raise --max-references",
+                        label(),
+                        limits.call_frames
                     )));
                 }
-                frames.push(frame_from_proto(message.frame)?);
+                let frame = frame_from_proto(message.frame)
+                    .map_err(|error| Status::invalid_argument(format!("{}: {}", label(), error.0)))?;
+                bytes += frame.len() as u64;
+                if bytes > limits.call_bytes {
+                    return Err(Status::invalid_argument(format!(
+                        "{}: the call's frames pass {} bytes; send them in several calls or raise --max-reference-bytes",
+                        label(),
+                        limits.call_bytes
+                    )));
+                }
+                let good = GoodFrame {
+                    frame,
+                    name: message.name,
+                };
+                self.server.check_good_frame(index, &good).await?;
+                frames.push(good);
             }
             next = stream.message().await.map_err(status)?;
         }
@@ -96,6 +114,7 @@ impl Recipes for RecipesService {
         request: Request<Streaming<proto::AddReferencesRequest>>,
     ) -> Result<Response<proto::Recipe>, Status> {
         let peer = request.remote_addr();
+        let _turn = self.server.admit_references().await;
         let (recipe, replace, frames) = self.collect(request.into_inner()).await?;
         let state = self.server.add_references(&recipe, frames, replace, peer).await?;
         Ok(Response::new(recipe_state_to_proto(&state)))
@@ -111,13 +130,25 @@ impl Recipes for RecipesService {
 
     async fn list_recipes(
         &self,
-        _request: Request<proto::ListRecipesRequest>,
+        request: Request<proto::ListRecipesRequest>,
     ) -> Result<Response<proto::ListRecipesResponse>, Status> {
+        let view = request.into_inner().view;
+        let full = match proto::RecipeView::try_from(view) {
+            Ok(proto::RecipeView::Unspecified | proto::RecipeView::Basic) => false,
+            Ok(proto::RecipeView::Full) => true,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown recipe view {view}"))),
+        };
         let recipes = self
             .server
             .recipes()
             .iter()
-            .map(|state| recipe_state_to_proto(state))
+            .map(|state| {
+                let mut recipe = recipe_state_to_proto(state);
+                if let (false, Some(settings)) = (full, &mut recipe.settings) {
+                    settings.mask_png = Default::default();
+                }
+                recipe
+            })
             .collect();
         Ok(Response::new(proto::ListRecipesResponse { recipes }))
     }

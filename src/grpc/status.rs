@@ -31,7 +31,6 @@ fn engine_code(error: &EngineError) -> Code {
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let message = error.to_string();
         let code = match &error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
@@ -44,8 +43,13 @@ impl From<Error> for Status {
             Error::Store(_) | Error::Internal(_) => Code::Internal,
         };
         if code == Code::Internal {
-            tracing::error!(%message, "internal error");
+            tracing::error!(%error, "internal error");
         }
+        // Storage errors name server paths, which clients are not shown.
+        let message = match &error {
+            Error::Store(store) => store.for_client(),
+            _ => error.to_string(),
+        };
         Status::new(code, message)
     }
 }

@@ -88,13 +88,66 @@ pub enum FrameData<'a> {
 pub struct DecodeLimits {
     /// Largest accepted `width * height`.
     pub max_pixels: u64,
+    /// Most bytes decoding one frame may hold ([`decode_cost`]).
+    pub max_bytes: u64,
 }
+
+/// Default [`DecodeLimits::max_bytes`]: a 64 Mpx RGB frame, or 32 Mpx of 16-bit RGBA.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 256 << 20;
 
 impl Default for DecodeLimits {
     /// 64 Mpx: above any industrial camera sensor, below what would exhaust a worker's memory.
     fn default() -> Self {
-        Self { max_pixels: 1 << 26 }
+        Self {
+            max_pixels: 1 << 26,
+            max_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
     }
+}
+
+/// What decoding a frame will hold, read from its header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeCost {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes held while decoding: the decoder's output at its own sample
+    /// width (16-bit samples take 2 bytes until narrowed), twice that for
+    /// TIFF (its decoder fills a buffer of its own first), or the converted
+    /// image for a raw buffer.
+    pub bytes: u64,
+}
+
+/// Reads a frame's header and says what decoding it will hold, refusing it
+/// when that is above the limits (both numbers in the message) or when the
+/// file is inconsistent (a truncated JPEG, or one too small for the size its
+/// header claims). Nothing frame-sized is allocated.
+pub fn decode_cost(frame: FrameData<'_>, limits: DecodeLimits) -> Result<DecodeCost, ImagingError> {
+    match frame {
+        FrameData::Raw(raw) => {
+            check_raw(&raw, limits)?;
+            let bytes =
+                u64::from(raw.width) * u64::from(raw.height) * raw.format.layout().channels().count() as u64;
+            check_bytes(raw.width, raw.height, bytes, limits)?;
+            Ok(DecodeCost {
+                width: raw.width,
+                height: raw.height,
+                bytes,
+            })
+        }
+        FrameData::Encoded(bytes) => open_encoded(bytes, limits).map(|opened| opened.cost),
+    }
+}
+
+fn check_bytes(width: u32, height: u32, bytes: u64, limits: DecodeLimits) -> Result<(), ImagingError> {
+    if bytes > limits.max_bytes {
+        return Err(ImagingError::invalid(format!(
+            "a {width}x{height} frame needs {bytes} bytes to decode, more than the limit of {} bytes per frame",
+            limits.max_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes or converts `frame` into `out`.
@@ -145,6 +198,39 @@ fn prepare(out: &mut Image, width: u32, height: u32, channels: Channels) -> Resu
 }
 
 fn decode_raw(frame: &RawFrame<'_>, limits: DecodeLimits, out: &mut Image) -> Result<(), ImagingError> {
+    let cost = decode_cost(FrameData::Raw(*frame), limits)?;
+    let RawFrame {
+        width,
+        height,
+        format,
+        data,
+        ..
+    } = *frame;
+    let stride = check_raw(frame, limits)?;
+    debug_assert_eq!((cost.width, cost.height), (width, height));
+    let row = u64::from(width) * format.bytes_per_pixel() as u64;
+    // Both fit in usize: check_raw found `row` at most the data's length, and `stride` is a u32.
+    let (row, stride) = (row as usize, stride as usize);
+    let layout = format.layout();
+    if layout.is_copy() && stride == row {
+        // One copy, without zeroing the buffer first.
+        let len = row * height as usize;
+        out.data.clear();
+        out.data.extend_from_slice(&data[..len]);
+        (out.width, out.height, out.channels) = (width, height, layout.channels());
+        return Ok(());
+    }
+    prepare(out, width, height, layout.channels())?;
+    let out_row = out.row_bytes();
+    for (dst, src) in out.data.chunks_exact_mut(out_row).zip(data.chunks(stride)) {
+        convert(layout, &src[..row], dst);
+    }
+    Ok(())
+}
+
+/// Checks a raw buffer's geometry against its data and the pixel limit;
+/// returns its stride in bytes.
+fn check_raw(frame: &RawFrame<'_>, limits: DecodeLimits) -> Result<u64, ImagingError> {
     let RawFrame {
         width,
         height,
@@ -186,36 +272,38 @@ fn decode_raw(frame: &RawFrame<'_>, limits: DecodeLimits, out: &mut Image) -> Re
             format.name()
         )));
     }
-    // Both fit in usize: `row` is at most `needed`, itself at most data.len(), and `stride` is a u32.
-    let (row, stride) = (row as usize, stride as usize);
-    let layout = format.layout();
-    if layout.is_copy() && stride == row {
-        // One copy, without zeroing the buffer first.
-        let len = row * height as usize;
-        out.data.clear();
-        out.data.extend_from_slice(&data[..len]);
-        (out.width, out.height, out.channels) = (width, height, layout.channels());
-        return Ok(());
-    }
-    prepare(out, width, height, layout.channels())?;
-    let out_row = out.row_bytes();
-    for (dst, src) in out.data.chunks_exact_mut(out_row).zip(data.chunks(stride)) {
-        convert(layout, &src[..row], dst);
-    }
-    Ok(())
+    Ok(stride)
 }
 
 /// Gives the decoders room for their own working buffers on top of the output image.
 const DECODER_SLACK_BYTES: u64 = 64 << 20;
 
-fn decode_encoded(bytes: &[u8], limits: DecodeLimits, out: &mut Image) -> Result<(), ImagingError> {
+/// An encoded file whose header was read and checked.
+struct Opened<'a> {
+    decoder: Box<dyn ImageDecoder + 'a>,
+    layout: Layout,
+    cost: DecodeCost,
+}
+
+/// Fewest bytes a Huffman-coded JPEG of `pixels` pixels can have: each 8x8
+/// block of its full-resolution component needs at least a 1-bit DC code.
+fn min_jpeg_bytes(pixels: u64) -> u64 {
+    pixels / 512
+}
+
+/// How far from the end of a JPEG its end-of-image marker may sit (some
+/// writers pad the file).
+const JPEG_TAIL_BYTES: usize = 4096;
+
+fn open_encoded(bytes: &[u8], limits: DecodeLimits) -> Result<Opened<'_>, ImagingError> {
     let cannot =
         |e: &dyn std::fmt::Display| ImagingError::invalid(format!("cannot decode the encoded frame: {e}"));
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| cannot(&e))?;
+    let format = reader.format();
     if !matches!(
-        reader.format(),
+        format,
         Some(ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Bmp | ImageFormat::Tiff)
     ) {
         return Err(ImagingError::invalid(
@@ -265,15 +353,60 @@ fn decode_encoded(bytes: &[u8], limits: DecodeLimits, out: &mut Image) -> Result
             decoder.total_bytes()
         )));
     }
+    let total = total.unwrap_or(u64::MAX);
+    let held = if format == Some(ImageFormat::Tiff) {
+        total.saturating_mul(2)
+    } else {
+        total
+    };
+    check_bytes(width, height, held, limits)?;
+    if format == Some(ImageFormat::Jpeg) {
+        // The JPEG decoder fills what is missing with grey and reports no error: a cut file, or one
+        // whose header claims more pixels than it carries, would be judged as if whole.
+        let tail = &bytes[bytes.len().saturating_sub(JPEG_TAIL_BYTES)..];
+        if !tail.windows(2).any(|marker| marker == [0xFF, 0xD9]) {
+            return Err(ImagingError::invalid(
+                "the JPEG has no end-of-image marker: the file is cut short",
+            ));
+        }
+        let least = min_jpeg_bytes(pixels);
+        if (bytes.len() as u64) < least {
+            return Err(ImagingError::invalid(format!(
+                "the JPEG's header says {width}x{height}, which needs at least {least} bytes, but the file has {}",
+                bytes.len()
+            )));
+        }
+    }
+    Ok(Opened {
+        decoder: Box::new(decoder),
+        layout,
+        cost: DecodeCost {
+            width,
+            height,
+            bytes: held,
+        },
+    })
+}
+
+fn decode_encoded(bytes: &[u8], limits: DecodeLimits, out: &mut Image) -> Result<(), ImagingError> {
+    let Opened {
+        decoder,
+        layout,
+        cost,
+    } = open_encoded(bytes, limits)?;
+    let DecodeCost { width, height, .. } = cost;
     let too_big = || ImagingError::invalid(format!("frame of {width}x{height} is too large to hold"));
+    let pixels = u64::from(width) * u64::from(height);
+    let total = usize::try_from(decoder.total_bytes()).map_err(|_| too_big())?;
     // `pixels` is at most `total`, so it fits wherever `total` does.
-    let total = total.and_then(|n| usize::try_from(n).ok()).ok_or_else(too_big)?;
     let pixels = pixels as usize;
     // The decoder writes straight into `out`; layouts wider than the output are then narrowed in place,
     // which saves a second frame-sized buffer.
     prepare(out, width, height, layout.channels())?;
     out.data.resize(total, 0);
-    decoder.read_image(&mut out.data).map_err(|e| cannot(&e))?;
+    decoder
+        .read_image_boxed(&mut out.data)
+        .map_err(|e| ImagingError::invalid(format!("cannot decode the encoded frame: {e}")))?;
     narrow_in_place(layout, &mut out.data, pixels);
     Ok(())
 }

@@ -9,7 +9,9 @@ pub mod frame;
 mod owned;
 pub mod preprocess;
 
-pub use frame::{DecodeLimits, FrameData, PixelFormat, RawFrame, decode};
+pub use frame::{
+    DEFAULT_MAX_FRAME_BYTES, DecodeCost, DecodeLimits, FrameData, PixelFormat, RawFrame, decode, decode_cost,
+};
 pub use owned::OwnedFrame;
 pub use preprocess::{Geometry, Normalize, Preprocessor, input_size_for_aspect};
 

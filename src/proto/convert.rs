@@ -92,6 +92,15 @@ pub fn settings_to_proto(settings: &RecipeSettings) -> proto::RecipeSettings {
 /// The proto form of a recipe as the core holds it.
 pub fn recipe_state_to_proto(state: &RecipeState) -> proto::Recipe {
     let mut recipe = recipe_to_proto(&state.record, state.threshold());
+    let status = match (&state.damage, &state.judge) {
+        (Some(reason), _) => {
+            recipe.status_reason.clone_from(reason);
+            proto::RecipeStatus::Damaged
+        }
+        (None, Some(_)) => proto::RecipeStatus::Ready,
+        (None, None) => proto::RecipeStatus::NeedsReferences,
+    };
+    recipe.status = status as i32;
     recipe.calibration = state
         .judge
         .as_ref()
@@ -119,6 +128,8 @@ pub fn recipe_to_proto(record: &RecipeRecord, threshold: f32) -> proto::Recipe {
             nanos: record.updated_at.1 as i32,
         }),
         calibration: None,
+        status: proto::RecipeStatus::Unspecified as i32,
+        status_reason: String::new(),
     }
 }
 

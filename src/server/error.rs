@@ -34,10 +34,12 @@ pub enum Error {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// Good frame `index` (0-based) of an enrollment was refused.
-    #[error("good frame {index}: {source}")]
+    #[error("{}: {source}", frame_label(*.index, .name))]
     ReferenceFrame {
         /// Which frame of the call.
         index: usize,
+        /// Its name, when the client gave one.
+        name: String,
         /// Why.
         source: EngineError,
     },
@@ -49,6 +51,15 @@ pub enum Error {
     Internal(String),
 }
 
+/// How errors name a good frame of an AddReferences call.
+pub fn frame_label(index: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("good frame {index}")
+    } else {
+        format!("good frame {index} ({})", crate::text::quoted(name))
+    }
+}
+
 /// The message for a full queue or too many frames in flight.
 pub(super) const OVERLOADED: &str = "too many frames in flight; retry later or raise --max-pending";
 
@@ -57,7 +68,11 @@ impl From<JobError> for Error {
         match error {
             JobError::Engine(error) => Self::Engine(error),
             JobError::DeadlineExceeded(_) => Self::DeadlineExceeded(error.to_string()),
-            JobError::Frame { index, source } => Self::ReferenceFrame { index, source },
+            JobError::Frame { index, source } => Self::ReferenceFrame {
+                index,
+                name: String::new(),
+                source,
+            },
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Inspection in the core: admission (a slot per frame, RESOURCE_EXHAUSTED at
-//! once when none is free), decoding on the blocking pool into a pooled
-//! buffer, the deadline, the engine worker, and the events. A stream of
-//! frames is judged several at a time and answered in order.
+//! once when none is free), the memory budget (what a frame's decode will
+//! hold is read from its header and reserved before anything is
+//! allocated), decoding on the blocking pool into a pooled buffer, the
+//! deadline, the engine worker, and the events. A stream of frames is judged
+//! several at a time and answered in order.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -13,8 +15,9 @@ use super::error::OVERLOADED;
 use super::events::{Event, InspectionEvent, InspectionImages};
 use super::worker::{InspectJob, Job};
 use super::{Error, InspectRequest, Inspected, Server, Timings};
-use crate::engine::Inspection;
-use crate::imaging::{self, DecodeLimits, Image};
+use crate::engine::{HeatmapFormat, InspectOptions, Inspection, Judge};
+use crate::imaging::{self, DecodeCost, DecodeLimits, Image};
+use crate::scoring::heatmap::output_size;
 
 /// Frames of one stream being worked on at once; later ones wait (the
 /// client's flow control holds them back).
@@ -22,6 +25,10 @@ pub const STREAM_IN_FLIGHT: usize = 8;
 
 /// Decoded buffers kept for reuse.
 const POOLED_IMAGES: usize = 16;
+
+/// Most bytes the pool keeps in all: a burst of huge frames is not held on
+/// to afterwards.
+pub const POOLED_BYTES: usize = 128 << 20;
 
 /// Decoded-frame buffers, reused from request to request.
 #[derive(Debug, Default)]
@@ -36,31 +43,77 @@ impl ImagePool {
             .unwrap_or_default()
     }
 
+    /// Keeps `image` for reuse unless the pool would then hold more than
+    /// [`POOLED_IMAGES`] buffers or [`POOLED_BYTES`].
     fn give(&self, image: Image) {
-        if let Ok(mut free) = self.0.lock()
-            && free.len() < POOLED_IMAGES
-        {
-            free.push(image);
+        if let Ok(mut free) = self.0.lock() {
+            let held: usize = free.iter().map(|kept| kept.data.capacity()).sum();
+            if free.len() < POOLED_IMAGES && held + image.data.capacity() <= POOLED_BYTES {
+                free.push(image);
+            }
         }
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.0
+            .lock()
+            .map_or(0, |free| free.iter().map(|kept| kept.data.capacity()).sum())
     }
 }
 
-/// What inspections share: the slots and the buffers.
+/// The budget's unit: permits are KiB, so one frame's share fits a `u32`.
+const BUDGET_UNIT: u64 = 1024;
+
+/// How a call waits when the memory budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// A unary call: until its deadline, or RESOURCE_EXHAUSTED at once
+    /// without one.
+    Unary,
+    /// A stream's frame: until memory frees (the stream stops being read
+    /// meanwhile), or its deadline.
+    Stream,
+}
+
+/// What inspections share: the slots, the memory budget and the buffers.
 #[derive(Debug)]
 pub(super) struct Inspector {
     limits: DecodeLimits,
     slots: Arc<Semaphore>,
+    budget: Arc<Semaphore>,
+    budget_bytes: u64,
+    max_response_bytes: usize,
     images: ImagePool,
 }
 
+/// Room in an answer for everything but the heatmap (regions, timings).
+const ANSWER_MARGIN: usize = 64 << 10;
+
 impl Inspector {
-    /// `max_pending` frames may be admitted at once.
-    pub(super) fn new(limits: DecodeLimits, max_pending: usize) -> Self {
+    /// `max_pending` frames may be admitted at once, holding at most
+    /// `budget` bytes of decoded frames.
+    pub(super) fn new(
+        limits: DecodeLimits,
+        budget: u64,
+        max_pending: usize,
+        max_response_bytes: usize,
+    ) -> Self {
+        let units = usize::try_from(budget / BUDGET_UNIT)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             limits,
             slots: Arc::new(Semaphore::new(max_pending)),
+            budget: Arc::new(Semaphore::new(units)),
+            budget_bytes: budget,
+            max_response_bytes,
             images: ImagePool::default(),
         }
+    }
+
+    /// The per-frame limits.
+    pub(super) fn limits(&self) -> DecodeLimits {
+        self.limits
     }
 
     fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
@@ -68,6 +121,66 @@ impl Inspector {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Error::ResourceExhausted(OVERLOADED.into()))
+    }
+
+    /// Refuses, before any work, a raw heatmap larger than an answer can be
+    /// (a PNG is smaller than its raw map, and is not refused by guess).
+    fn check_heatmap_fits(
+        &self,
+        judge: &Judge,
+        options: InspectOptions,
+        cost: DecodeCost,
+    ) -> Result<(), Error> {
+        let Some((HeatmapFormat::RawU8, max_size)) = options.heatmap else {
+            return Ok(());
+        };
+        let (width, height) = match judge.settings().roi {
+            Some(roi) => (roi.width, roi.height),
+            None => (cost.width, cost.height),
+        };
+        let (width, height) = output_size(width as usize, height as usize, max_size as usize);
+        let bytes = width * height;
+        if bytes + ANSWER_MARGIN > self.max_response_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "a {width}x{height} RAW_U8 heatmap is {bytes} bytes, more than an answer may hold ({} bytes, --max-message-bytes); set the heatmap's max_size",
+                self.max_response_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reserves `bytes` of the memory budget; waits as `patience` says.
+    async fn reserve(
+        &self,
+        bytes: u64,
+        deadline: Option<Instant>,
+        patience: Patience,
+    ) -> Result<OwnedSemaphorePermit, Error> {
+        // A frame's bytes are at most the per-frame limit, itself at most
+        // the budget (the configuration checks it).
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.budget.clone().try_acquire_many_owned(units) {
+            return Ok(permit);
+        }
+        let spent = || {
+            format!(
+                "frames in flight hold the decode memory budget of {} bytes (--max-decode-bytes); this frame needs {bytes}",
+                self.budget_bytes
+            )
+        };
+        let wait = self.budget.clone().acquire_many_owned(units);
+        let permit = match (deadline, patience) {
+            (None, Patience::Unary) => {
+                return Err(Error::ResourceExhausted(format!("{}; retry later", spent())));
+            }
+            (None, Patience::Stream) => wait.await,
+            (Some(deadline), _) => tokio::time::timeout_at(deadline.into(), wait)
+                .await
+                .map_err(|_| {
+                    Error::DeadlineExceeded(format!("the deadline passed while waiting: {}", spent()))
+                })?,
+        };
+        permit.map_err(|_| Error::Unavailable("the server is shutting down".into()))
     }
 }
 
@@ -78,13 +191,21 @@ struct Judged {
     inspection: Inspection,
     image: Image,
     peer: Option<std::net::SocketAddr>,
+    /// The frame's share of the memory budget, returned once its buffer is
+    /// back in the pool or handed to the events.
+    _memory: OwnedSemaphorePermit,
 }
 
 impl Server {
     /// Judges one frame and publishes its event.
     pub async fn inspect(&self, request: InspectRequest) -> Result<Inspected, Error> {
-        let judged = self.judge(request).await?;
+        let judged = self.judge(request, Patience::Unary).await?;
         Ok(self.publish(judged))
+    }
+
+    /// Bytes the pool of decoded-frame buffers holds now.
+    pub fn pooled_bytes(&self) -> usize {
+        self.inspector.images.held_bytes()
     }
 
     /// Opens a stream of frames: what is sent on the [`InspectStream`] is
@@ -123,8 +244,8 @@ impl Server {
         (stream, answers)
     }
 
-    /// Admission, decode, the engine, the deadline.
-    async fn judge(&self, request: InspectRequest) -> Result<Judged, Error> {
+    /// Admission, the memory budget, decode, the engine, the deadline.
+    async fn judge(&self, request: InspectRequest, patience: Patience) -> Result<Judged, Error> {
         let received = Instant::now();
         let InspectRequest {
             recipe: name,
@@ -143,22 +264,32 @@ impl Server {
             return Err(Error::InvalidArgument("the request names no recipe".into()));
         }
         let recipe = self.registry.get(&name)?;
+        recipe.usable()?;
         let judge = recipe.judge.clone().ok_or_else(|| {
             Error::FailedPrecondition(format!(
-                "recipe {name:?} has no reference yet; send good frames with AddReferences first"
+                "recipe {} has no reference yet; send good frames with AddReferences first",
+                crate::text::quoted(&name)
             ))
         })?;
         let inspector = &self.inspector;
         let _slot = inspector.admit()?;
 
-        let mut image = inspector.images.take();
         let limits = inspector.limits;
-        let (image, decoded) = tokio::task::spawn_blocking(move || {
+        let (frame, cost, probed) = blocking(move || {
             let started = Instant::now();
-            imaging::decode(frame.as_data(), limits, &mut image).map(|()| (image, started.elapsed()))
+            let cost = imaging::decode_cost(frame.as_data(), limits);
+            (frame, cost, started.elapsed())
         })
-        .await
-        .map_err(|error| Error::Internal(format!("decode task failed: {error}")))?
+        .await?;
+        let cost = cost.map_err(|error| Error::Engine(error.into()))?;
+        inspector.check_heatmap_fits(&judge, options, cost)?;
+        let memory = inspector.reserve(cost.bytes, deadline, patience).await?;
+        let mut image = inspector.images.take();
+        let (image, decoded) = blocking(move || {
+            let started = Instant::now();
+            imaging::decode(frame.as_data(), limits, &mut image).map(|()| (image, probed + started.elapsed()))
+        })
+        .await?
         .map_err(|error| Error::Engine(error.into()))?;
 
         let (reply, answer) = oneshot::channel();
@@ -203,6 +334,7 @@ impl Server {
             inspection,
             image,
             peer,
+            _memory: memory,
         })
     }
 
@@ -215,6 +347,7 @@ impl Server {
             inspection,
             image,
             peer,
+            _memory,
         } = judged;
         let audience = self.events.audience();
         let images = if audience.images {
@@ -244,6 +377,13 @@ impl Server {
         }
         inspected
     }
+}
+
+/// Runs frame work on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::Internal(format!("decode task failed: {error}")))
 }
 
 /// A frame of a stream, in its place in the order.
@@ -294,7 +434,7 @@ impl InspectStream {
     pub async fn send(&self, request: InspectRequest) -> Result<(), StreamClosed> {
         let server = self.server.clone();
         let frame_id = request.frame_id.clone();
-        let task = tokio::spawn(async move { server.judge(request).await });
+        let task = tokio::spawn(async move { server.judge(request, Patience::Stream).await });
         self.pending
             .send(Pending::Judging { frame_id, task })
             .await
@@ -308,5 +448,39 @@ impl InspectStream {
             .send(Pending::Refused { frame_id, error })
             .await
             .map_err(|_| StreamClosed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(bytes: usize) -> Image {
+        Image {
+            data: Vec::with_capacity(bytes),
+            ..Image::default()
+        }
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_than_its_byte_cap() {
+        // Found by a hostile client: after four huge frames the pool kept
+        // 2.2 GiB resident.
+        let pool = ImagePool::default();
+        for _ in 0..4 {
+            pool.give(image(POOLED_BYTES / 2 + 1));
+        }
+        assert!(pool.held_bytes() <= POOLED_BYTES, "{}", pool.held_bytes());
+        assert_eq!(pool.held_bytes(), POOLED_BYTES / 2 + 1);
+        pool.give(image(POOLED_BYTES + 1));
+        assert_eq!(
+            pool.held_bytes(),
+            POOLED_BYTES / 2 + 1,
+            "a buffer above the cap is dropped"
+        );
+        for _ in 0..2 * POOLED_IMAGES {
+            pool.give(image(1024));
+        }
+        assert_eq!(pool.0.lock().unwrap().len(), POOLED_IMAGES);
     }
 }

@@ -11,6 +11,7 @@ mod queue;
 mod registry;
 mod worker;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
-pub use error::Error;
+pub use error::{Error, frame_label};
 pub use events::{
     Event, Events, InspectionEvent, InspectionImages, RecipeChange, RecipeEvent, SubscribeOptions,
     Subscription,
@@ -48,12 +49,40 @@ pub struct ServerConfig {
     pub model: ModelConfig,
     /// Largest frame accepted.
     pub decode: DecodeLimits,
+    /// Most bytes all frames being decoded and judged may hold at once.
+    pub decode_budget: u64,
+    /// Largest answer the transport can send, bytes: a heatmap that cannot
+    /// fit is refused before the work.
+    pub max_response_bytes: usize,
     /// Most frames accepted for inspection at once (running or waiting).
     pub max_pending: usize,
     /// Most waiting frames of one recipe judged in one model run.
     pub max_batch: usize,
-    /// Most good frames in one AddReferences call.
-    pub max_references: usize,
+    /// Caps on good frames.
+    pub references: ReferenceLimits,
+}
+
+/// Caps on good frames, per AddReferences call and per recipe.
+#[derive(Debug, Clone, Copy)]
+pub struct ReferenceLimits {
+    /// Most frames in one call.
+    pub call_frames: usize,
+    /// Most bytes of frames in one call (all are held until the reference
+    /// is built).
+    pub call_bytes: u64,
+    /// Most frames a recipe stores.
+    pub recipe_frames: u64,
+    /// Most bytes of frames a recipe stores.
+    pub recipe_bytes: u64,
+}
+
+/// A good frame sent to a recipe.
+#[derive(Debug, Clone)]
+pub struct GoodFrame {
+    /// The frame.
+    pub frame: OwnedFrame,
+    /// Its name (a file name, say) for messages; may be empty.
+    pub name: String,
 }
 
 /// Why the core could not start.
@@ -135,6 +164,9 @@ pub struct Starting {
     pub server: Arc<Server>,
     /// The model's load and warm-up.
     pub ready: oneshot::Receiver<Result<(), EngineError>>,
+    /// Answers, with the panic's message, if the engine thread dies; the
+    /// core cannot judge anything after that.
+    pub died: oneshot::Receiver<String>,
 }
 
 /// The core.
@@ -144,8 +176,14 @@ pub struct Server {
     worker: Worker,
     inspector: Inspector,
     events: Events,
-    max_references: usize,
+    references: ReferenceLimits,
+    /// AddReferences calls receiving frames at once.
+    reference_calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// AddReferences calls that may receive frames at once; each holds up to
+/// [`ReferenceLimits::call_bytes`], and later calls wait.
+pub const REFERENCE_CALLS: usize = 2;
 
 impl Server {
     /// Reads the model's manifest, loads the recipes from the data folder
@@ -173,6 +211,7 @@ impl Server {
         }
 
         let (ready_tx, ready) = oneshot::channel();
+        let (died_tx, died) = oneshot::channel();
         let model_config = config.model.clone();
         let worker = Worker::spawn(
             config.max_pending,
@@ -192,15 +231,22 @@ impl Server {
                 Ok(Engine::new(model, decode))
             },
             ready_tx,
+            died_tx,
         );
         let server = Arc::new(Self {
             registry,
-            inspector: Inspector::new(decode, config.max_pending),
+            inspector: Inspector::new(
+                decode,
+                config.decode_budget,
+                config.max_pending,
+                config.max_response_bytes,
+            ),
             worker,
             events,
-            max_references: config.max_references,
+            references: config.references,
+            reference_calls: Arc::new(tokio::sync::Semaphore::new(REFERENCE_CALLS)),
         });
-        Ok(Starting { server, ready })
+        Ok(Starting { server, ready, died })
     }
 
     /// The event fan-out, to subscribe to.
@@ -208,9 +254,34 @@ impl Server {
         &self.events
     }
 
-    /// Most good frames one [`Server::add_references`] call may bring.
-    pub fn max_references(&self) -> usize {
-        self.max_references
+    /// Caps on good frames.
+    pub fn reference_limits(&self) -> ReferenceLimits {
+        self.references
+    }
+
+    /// Waits for one of the [`REFERENCE_CALLS`] turns to receive good frames;
+    /// the call holds it until it is answered.
+    pub async fn admit_references(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.reference_calls
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed; this is a bug")
+    }
+
+    /// Checks good frame `index` of a call as it arrives: its header (off
+    /// the async runtime) against the frame limits, before the call holds
+    /// it.
+    pub async fn check_good_frame(&self, index: usize, frame: &GoodFrame) -> Result<(), Error> {
+        let (owned, limits) = (frame.frame.clone(), self.inspector.limits());
+        tokio::task::spawn_blocking(move || crate::imaging::decode_cost(owned.as_data(), limits).map(drop))
+            .await
+            .map_err(|error| Error::Internal(format!("decode task failed: {error}")))?
+            .map_err(|error| Error::ReferenceFrame {
+                index,
+                name: frame.name.clone(),
+                source: error.into(),
+            })
     }
 
     /// The current revision of a recipe.
@@ -225,66 +296,91 @@ impl Server {
 
     /// Creates a recipe without a reference.
     pub async fn create_recipe(
-        &self,
+        self: &Arc<Self>,
         name: String,
         settings: RecipeSettings,
         peer: Option<SocketAddr>,
     ) -> Result<Arc<RecipeState>, Error> {
-        let state = self.registry.create(name, settings).await?;
-        self.recipe_changed(&state, RecipeChange::Created, peer);
-        Ok(state)
+        let server = self.clone();
+        detached(async move {
+            let state = server.registry.create(name, settings).await?;
+            server.recipe_changed(&state, RecipeChange::Created, peer);
+            Ok(state)
+        })
+        .await
     }
 
     /// Replaces a recipe's settings, rebuilding the reference when they change
     /// what it holds; the flag says whether it was rebuilt.
     pub async fn update_recipe(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         settings: RecipeSettings,
         peer: Option<SocketAddr>,
     ) -> Result<(Arc<RecipeState>, bool), Error> {
-        let (state, rebuilt) = self.registry.update(name, settings, &self.worker).await?;
-        self.recipe_changed(&state, RecipeChange::SettingsChanged { rebuilt }, peer);
-        Ok((state, rebuilt))
+        let (server, name) = (self.clone(), name.to_owned());
+        detached(async move {
+            let (state, rebuilt) = server.registry.update(&name, settings, &server.worker).await?;
+            server.recipe_changed(&state, RecipeChange::SettingsChanged { rebuilt }, peer);
+            Ok((state, rebuilt))
+        })
+        .await
     }
 
     /// Adds good frames to a recipe (or replaces them all) and rebuilds its
     /// reference and threshold.
     pub async fn add_references(
-        &self,
+        self: &Arc<Self>,
         name: &str,
-        frames: Vec<OwnedFrame>,
+        frames: Vec<GoodFrame>,
         replace: bool,
         peer: Option<SocketAddr>,
     ) -> Result<Arc<RecipeState>, Error> {
         let added = u32::try_from(frames.len()).unwrap_or(u32::MAX);
-        let state = self
-            .registry
-            .add_references(name, frames, replace, &self.worker)
-            .await?;
-        self.recipe_changed(
-            &state,
-            RecipeChange::ReferencesAdded {
+        let (server, name) = (self.clone(), name.to_owned());
+        detached(async move {
+            let state = server
+                .registry
+                .add_references(&name, frames, replace, server.references, &server.worker)
+                .await?;
+            let change = RecipeChange::ReferencesAdded {
                 added,
                 replaced: replace,
-            },
-            peer,
-        );
-        Ok(state)
+            };
+            server.recipe_changed(&state, change, peer);
+            Ok(state)
+        })
+        .await
     }
 
     /// Deletes a recipe.
-    pub async fn delete_recipe(&self, name: &str, peer: Option<SocketAddr>) -> Result<(), Error> {
-        self.registry.delete(name).await?;
-        self.events
-            .publish(&recipe_event(name.to_owned(), 0, RecipeChange::Deleted, peer));
-        Ok(())
+    pub async fn delete_recipe(self: &Arc<Self>, name: &str, peer: Option<SocketAddr>) -> Result<(), Error> {
+        let (server, name) = (self.clone(), name.to_owned());
+        detached(async move {
+            server.registry.delete(&name).await?;
+            server
+                .events
+                .publish(&recipe_event(name, 0, RecipeChange::Deleted, peer));
+            Ok(())
+        })
+        .await
     }
 
     fn recipe_changed(&self, state: &RecipeState, change: RecipeChange, peer: Option<SocketAddr>) {
         let event = recipe_event(state.record.name.clone(), state.record.revision, change, peer);
         self.events.publish(&event);
     }
+}
+
+/// Runs a recipe change as its own task: once started it completes, and
+/// memory and disk agree, even when the caller stops waiting (a client's
+/// deadline or reset drops the request's future, not the change).
+async fn detached<T: Send + 'static>(
+    change: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(change)
+        .await
+        .map_err(|error| Error::Internal(format!("recipe change task failed: {error}")))?
 }
 
 fn recipe_event(recipe: String, revision: u64, change: RecipeChange, peer: Option<SocketAddr>) -> Event {

@@ -1,6 +1,8 @@
 //! The recipes in memory, backed by the store. Reads take a snapshot
 //! (`Arc<RecipeState>`); every change builds a new state, persists it, and
 //! swaps it in, so an inspection always sees one whole recipe revision.
+//! Recipes that cannot be used (damaged files, another model's reference)
+//! stay listed with the reason, until they are deleted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -8,11 +10,13 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::engine::{Judge, RecipeSettings};
+use crate::failpoint::stop_here as failpoint;
 use crate::imaging::{DecodeLimits, OwnedFrame};
 use crate::store::{self, RecipeRecord, Store, StoreError};
+use crate::text::quoted;
 
-use super::Error;
 use super::worker::{Job, Worker};
+use super::{Error, GoodFrame, ReferenceLimits};
 
 /// One recipe revision.
 #[derive(Debug)]
@@ -21,12 +25,26 @@ pub struct RecipeState {
     pub record: RecipeRecord,
     /// Ready to judge frames; `None` until good frames were added.
     pub judge: Option<Arc<Judge>>,
+    /// Why the recipe cannot be used, when it was found damaged at start-up;
+    /// only deleting it helps.
+    pub damage: Option<String>,
 }
 
 impl RecipeState {
     /// The threshold in force; 0 until the recipe has a reference.
     pub fn threshold(&self) -> f32 {
         self.judge.as_ref().map_or(0.0, |judge| judge.threshold())
+    }
+
+    /// Refuses a damaged recipe with its reason.
+    pub fn usable(&self) -> Result<(), Error> {
+        match &self.damage {
+            None => Ok(()),
+            Some(reason) => Err(Error::FailedPrecondition(format!(
+                "recipe {} is damaged ({reason}); delete it with DeleteRecipe and create it again",
+                quoted(&self.record.name)
+            ))),
+        }
     }
 }
 
@@ -44,19 +62,19 @@ pub struct Registry {
     writes: Mutex<()>,
 }
 
+/// Runs storage and CPU work of a change on the blocking pool.
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| Error::Internal(format!("storage task failed: {error}")))?
-        .map_err(Error::from)
 }
 
 impl Registry {
     /// Loads every recipe from `store`. Recipes that cannot be used (damaged
-    /// files, a reference from another model) are logged, skipped and
-    /// returned with the reason.
+    /// files, a reference from another model) are logged, listed as damaged,
+    /// and returned with the reason.
     pub fn load(
         store: Store,
         limits: DecodeLimits,
@@ -65,36 +83,43 @@ impl Registry {
     ) -> Result<(Self, Vec<Damaged>), StoreError> {
         let (stored, unreadable) = store.load_all()?;
         let mut damaged = Vec::new();
-        for (name, error) in unreadable {
-            tracing::error!(recipe = %name, %error, "skipping a damaged recipe");
-            damaged.push((name, error.to_string()));
-        }
         let mut recipes = BTreeMap::new();
+        let mut mark_damaged = |record: RecipeRecord, reason: String| {
+            tracing::error!(recipe = %record.name, %reason, "a recipe cannot be used; it is listed as damaged");
+            damaged.push((record.name.clone(), reason.clone()));
+            (record, None, Some(reason))
+        };
+        let mut states = Vec::new();
+        for (name, error) in unreadable {
+            // Revision 0: nothing of it could be read.
+            let mut record = RecipeRecord::new(name, RecipeSettings::default());
+            record.revision = 0;
+            states.push(mark_damaged(record, error.for_client()));
+        }
         for recipe in stored {
-            let name = recipe.record.name.clone();
-            let judge = match recipe.reference {
-                Some(reference) if reference.model_id != model_id => {
-                    let reason = "its reference was built by another model; send its good frames again";
-                    tracing::error!(recipe = %name, "skipping a recipe: {reason}");
-                    damaged.push((name, reason.to_owned()));
-                    continue;
-                }
-                Some(reference) => match Judge::new(recipe.record.settings.clone(), reference, limits) {
-                    Ok(judge) => Some(Arc::new(judge)),
-                    Err(error) => {
-                        tracing::error!(recipe = %name, %error, "skipping a recipe that cannot be used");
-                        damaged.push((name, error.to_string()));
-                        continue;
-                    }
+            let record = recipe.record;
+            states.push(match recipe.reference {
+                Some(reference) if reference.model_id != model_id => mark_damaged(
+                    record,
+                    "its reference was built by another model; send its good frames again".to_owned(),
+                ),
+                Some(reference) => match Judge::new(record.settings.clone(), reference, limits) {
+                    Ok(judge) => (record, Some(Arc::new(judge)), None),
+                    Err(error) => mark_damaged(record, error.to_string()),
                 },
-                None => None,
-            };
-            tracing::info!(recipe = %name, revision = recipe.record.revision, "recipe loaded");
+                None => (record, None, None),
+            });
+        }
+        for (record, judge, damage) in states {
+            if damage.is_none() {
+                tracing::info!(recipe = %record.name, revision = record.revision, "recipe loaded");
+            }
             recipes.insert(
-                name,
+                record.name.clone(),
                 Arc::new(RecipeState {
-                    record: recipe.record,
+                    record,
                     judge,
+                    damage,
                 }),
             );
         }
@@ -128,7 +153,7 @@ impl Registry {
         self.read()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no recipe named {name:?}")))
+            .ok_or_else(|| Error::NotFound(format!("no recipe named {}", quoted(name))))
     }
 
     /// Every recipe, by name.
@@ -136,29 +161,45 @@ impl Registry {
         self.read().values().cloned().collect()
     }
 
-    fn validate(&self, settings: &RecipeSettings) -> Result<(), Error> {
-        settings
-            .validate(self.size_multiple)
-            .map_err(|error| Error::InvalidArgument(error.to_string()))?;
-        // The mask is decoded now so a bad PNG is refused at once.
-        crate::engine::settings::mask_plane(&settings.mask_png, 16, 16, self.limits)
-            .map_err(|error| Error::InvalidArgument(error.to_string()))?;
-        Ok(())
+    /// Checks settings off the async runtime (the mask PNG is decoded now,
+    /// so a bad one is refused at once).
+    async fn validate(&self, settings: &RecipeSettings) -> Result<(), Error> {
+        let (settings, size_multiple, limits) = (settings.clone(), self.size_multiple, self.limits);
+        blocking(move || {
+            let invalid = |error: &dyn std::fmt::Display| Error::InvalidArgument(error.to_string());
+            settings.validate(size_multiple).map_err(|e| invalid(&e))?;
+            crate::engine::settings::mask_plane(&settings.mask_png, 16, 16, limits)
+                .map_err(|e| invalid(&e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Creates a recipe without a reference.
     pub async fn create(&self, name: String, settings: RecipeSettings) -> Result<Arc<RecipeState>, Error> {
         store::validate_name(&name).map_err(Error::InvalidArgument)?;
-        self.validate(&settings)?;
+        self.validate(&settings).await?;
         let _write = self.writes.lock().await;
         if self.read().contains_key(&name) {
-            return Err(Error::AlreadyExists(format!("a recipe named {name:?} exists")));
+            return Err(Error::AlreadyExists(format!(
+                "a recipe named {} exists",
+                quoted(&name)
+            )));
         }
         let record = RecipeRecord::new(name, settings);
         let store = self.store.clone();
         let saved = record.clone();
-        blocking(move || store.save_record(&saved)).await?;
-        Ok(self.publish(RecipeState { record, judge: None }))
+        blocking(move || {
+            store.save_record(&saved)?;
+            failpoint("record.saved");
+            Ok(())
+        })
+        .await?;
+        Ok(self.publish(RecipeState {
+            record,
+            judge: None,
+            damage: None,
+        }))
     }
 
     /// Replaces a recipe's settings; rebuilds the reference from the stored
@@ -170,29 +211,26 @@ impl Registry {
         settings: RecipeSettings,
         worker: &Worker,
     ) -> Result<(Arc<RecipeState>, bool), Error> {
-        self.validate(&settings)?;
+        self.validate(&settings).await?;
         let _write = self.writes.lock().await;
         let current = self.get(name)?;
+        current.usable()?;
         let mut record = current.record.clone();
         let rebuild = record.frame_count > 0 && record.settings.reference_changes(&settings);
         record.settings = settings.clone();
         record.touch();
         let judge = if rebuild {
             let frames = self.read_frames(&record).await?;
-            let reference = enroll(worker, settings.clone(), frames).await?;
-            let store = self.store.clone();
-            let (name, revision) = (record.name.clone(), record.revision);
-            let saved = reference.clone();
-            record.reference_file =
-                Some(blocking(move || store.save_reference(&name, revision, &saved)).await?);
-            Some(Arc::new(Judge::new(settings, reference, self.limits)?))
+            let reference = enroll(worker, settings, frames).await?;
+            let (file, judge) = self.save_reference(&record, Vec::new(), reference).await?;
+            record.reference_file = Some(file);
+            Some(judge)
         } else {
             match &current.judge {
-                Some(judge) => Some(Arc::new(Judge::new(
-                    settings,
-                    judge.reference().clone(),
-                    self.limits,
-                )?)),
+                Some(judge) => {
+                    let (reference, limits) = (judge.reference().clone(), self.limits);
+                    Some(blocking(move || Ok(Arc::new(Judge::new(settings, reference, limits)?))).await?)
+                }
                 None => None,
             }
         };
@@ -204,15 +242,32 @@ impl Registry {
     pub async fn add_references(
         &self,
         name: &str,
-        frames: Vec<OwnedFrame>,
+        good: Vec<GoodFrame>,
         replace: bool,
+        limits: ReferenceLimits,
         worker: &Worker,
     ) -> Result<Arc<RecipeState>, Error> {
         let _write = self.writes.lock().await;
         let current = self.get(name)?;
+        current.usable()?;
         let mut record = current.record.clone();
-        if frames.is_empty() && (replace || record.frame_count == 0) {
+        if good.is_empty() && (replace || record.frame_count == 0) {
             return Err(Error::InvalidArgument("the call carried no good frame".into()));
+        }
+        let (kept_frames, kept_bytes) = if replace {
+            (0, 0)
+        } else {
+            (u64::from(record.frame_count), record.frame_bytes)
+        };
+        let added_bytes: u64 = good.iter().map(|frame| frame.frame.len() as u64).sum();
+        let (frames_after, bytes_after) = (kept_frames + good.len() as u64, kept_bytes + added_bytes);
+        if frames_after > limits.recipe_frames || bytes_after > limits.recipe_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "recipe {} would hold {frames_after} good frames of {bytes_after} bytes; a recipe holds at most {} frames (--max-recipe-frames) and {} bytes (--max-recipe-bytes); send them with replace to start afresh",
+                quoted(name),
+                limits.recipe_frames,
+                limits.recipe_bytes
+            )));
         }
         let mut all = if replace {
             Vec::new()
@@ -220,34 +275,65 @@ impl Registry {
             self.read_frames(&record).await?
         };
         let old_end = record.frames().end;
-        let frames_added = frames.len() as u32;
-        all.extend(frames.iter().cloned());
-        let reference = enroll(worker, record.settings.clone(), all).await?;
+        let frames_added = good.len() as u32;
+        let stored = all.len();
+        all.extend(good.iter().map(|frame| frame.frame.clone()));
+        let reference = enroll(worker, record.settings.clone(), all)
+            .await
+            .map_err(|error| match error {
+                // Name the frame of this call the engine refused.
+                Error::ReferenceFrame { index, source, .. } if index >= stored => Error::ReferenceFrame {
+                    index: index - stored,
+                    name: good[index - stored].name.clone(),
+                    source,
+                },
+                other => other,
+            })?;
+        let frames: Vec<OwnedFrame> = good.into_iter().map(|frame| frame.frame).collect();
 
         record.touch();
-        let store = self.store.clone();
-        let (recipe, revision) = (record.name.clone(), record.revision);
-        let saved = reference.clone();
-        let file = blocking(move || {
-            for (offset, frame) in frames.iter().enumerate() {
-                store.save_frame(&recipe, old_end + offset as u32, frame)?;
-            }
-            store.save_reference(&recipe, revision, &saved)
-        })
-        .await?;
+        let image_count = reference.image_count;
+        let (file, judge) = self.save_reference(&record, frames, reference).await?;
         if replace {
             record.first_frame = old_end;
             record.frame_count = 0;
         }
         record.frame_count += frames_added;
-        record.reference_count = reference.image_count;
+        record.frame_bytes = bytes_after;
+        record.reference_count = image_count;
         record.reference_file = Some(file);
-        let judge = Judge::new(record.settings.clone(), reference, self.limits)?;
-        self.commit(record, Some(Arc::new(judge))).await
+        self.commit(record, Some(judge)).await
+    }
+
+    /// Before the commit point, off the async runtime: stores the new good
+    /// frames after the record's (numbered on from its last), then the
+    /// reference for the record's revision, and builds its judge. Returns
+    /// the reference's file name.
+    async fn save_reference(
+        &self,
+        record: &RecipeRecord,
+        frames: Vec<OwnedFrame>,
+        reference: crate::reference::Reference,
+    ) -> Result<(String, Arc<Judge>), Error> {
+        let store = self.store.clone();
+        let (recipe, revision, first) = (record.name.clone(), record.revision, record.frames().end);
+        let (settings, limits) = (record.settings.clone(), self.limits);
+        blocking(move || {
+            for (offset, frame) in frames.iter().enumerate() {
+                store.save_frame(&recipe, first + offset as u32, frame)?;
+            }
+            failpoint("frames.saved");
+            let file = store.save_reference(&recipe, revision, &reference)?;
+            failpoint("reference.saved");
+            Ok((file, Arc::new(Judge::new(settings, reference, limits)?)))
+        })
+        .await
     }
 
     /// Saves the record (the commit point), prunes what it no longer uses,
-    /// and publishes the new state.
+    /// and publishes the new state. Once the record is saved the change
+    /// holds: a failing prune is only logged (the next start retries), so
+    /// memory and disk agree.
     async fn commit(
         &self,
         record: RecipeRecord,
@@ -257,10 +343,18 @@ impl Registry {
         let saved = record.clone();
         blocking(move || {
             store.save_record(&saved)?;
-            store.prune(&saved)
+            failpoint("record.saved");
+            if let Err(error) = store.prune(&saved) {
+                tracing::warn!(recipe = %saved.name, %error, "cannot remove files the new revision no longer uses");
+            }
+            Ok(())
         })
         .await?;
-        Ok(self.publish(RecipeState { record, judge }))
+        Ok(self.publish(RecipeState {
+            record,
+            judge,
+            damage: None,
+        }))
     }
 
     async fn read_frames(&self, record: &RecipeRecord) -> Result<Vec<OwnedFrame>, Error> {
@@ -270,6 +364,7 @@ impl Registry {
             range
                 .map(|i| store.read_frame(&name, i))
                 .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::from)
         })
         .await
     }
@@ -280,7 +375,7 @@ impl Registry {
         self.get(name)?;
         let store = self.store.clone();
         let folder = name.to_owned();
-        blocking(move || store.delete(&folder)).await?;
+        blocking(move || store.delete(&folder).map_err(Error::from)).await?;
         self.recipes
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

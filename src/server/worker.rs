@@ -107,26 +107,40 @@ impl Worker {
     /// Starts the engine thread with room for `queue` waiting jobs, judging
     /// up to `max_batch` waiting frames of one recipe in one model run.
     /// `make_engine` runs on that thread (model load and warm-up); its
-    /// result is sent to `ready`.
+    /// result is sent to `ready`. If the thread panics, the panic's message
+    /// is logged and sent to `died`; the jobs it held are answered as if
+    /// the engine had stopped, and new ones are refused.
     pub fn spawn<F>(
         queue: usize,
         max_batch: usize,
         make_engine: F,
         ready: oneshot::Sender<Result<(), EngineError>>,
+        died: oneshot::Sender<String>,
     ) -> Self
     where
         F: FnOnce() -> Result<Engine, EngineError> + Send + 'static,
     {
         let (jobs, receiver) = sync_channel::<Job>(queue.max(1));
+        let work = move || match make_engine() {
+            Ok(engine) => {
+                let _ = ready.send(Ok(()));
+                run(engine, &receiver, queue.max(1), max_batch);
+            }
+            Err(error) => {
+                let _ = ready.send(Err(error));
+            }
+        };
         std::thread::Builder::new()
             .name("loupe-engine".into())
-            .spawn(move || match make_engine() {
-                Ok(engine) => {
-                    let _ = ready.send(Ok(()));
-                    run(engine, &receiver, queue.max(1), max_batch);
-                }
-                Err(error) => {
-                    let _ = ready.send(Err(error));
+            .spawn(move || {
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".to_owned());
+                    tracing::error!(cause = %message, "the engine thread panicked");
+                    let _ = died.send(message);
                 }
             })
             .expect("spawning the engine thread; this is a bug or the system is out of threads");
@@ -180,6 +194,9 @@ fn run(mut engine: Engine, jobs: &Receiver<Job>, capacity: usize, max_batch: usi
 /// Judges frames of one recipe and size together; those whose client left
 /// or whose deadline passed are dropped first.
 fn inspect(engine: &mut Engine, jobs: Vec<InspectJob>) {
+    if !jobs.is_empty() {
+        crate::failpoint::panic_here("engine.inspect");
+    }
     let now = Instant::now();
     let mut live = Vec::with_capacity(jobs.len());
     for job in jobs {

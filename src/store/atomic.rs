@@ -1,8 +1,10 @@
 //! The one way a file in the data folder is written: a temporary file with a
 //! unique name in the same folder, written and synced, renamed over the
 //! target, and the folder synced, so a crash leaves the old file or the new
-//! one and never half of either. Every step's error is reported; on failure
-//! the temporary file is removed.
+//! one and never half of either. Every step's error up to the rename is
+//! reported, and the temporary file removed; once the rename is done the
+//! new file is in force, so a failing folder sync is only logged (the change
+//! holds, though a power cut might undo it).
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -51,6 +53,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
             .map_err(|error| StoreError::io("cannot write", &temp, error))?;
         file.sync_all()
             .map_err(|error| StoreError::io("cannot sync", &temp, error))?;
+        crate::failpoint::stop_here("write.renaming");
         fs::rename(&temp, path).map_err(|error| StoreError::io("cannot rename into", path, error))
     })();
     if written.is_err() {
@@ -58,7 +61,10 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let _ = fs::remove_file(&temp);
     }
     written?;
-    sync_folder(folder)
+    if let Err(error) = sync_folder(folder) {
+        tracing::warn!(%error, "a written file may not survive a power cut");
+    }
+    Ok(())
 }
 
 /// Makes a rename or a new entry in `folder` durable. Only Unix can open and

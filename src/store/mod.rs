@@ -2,13 +2,17 @@
 //! settings (`recipe.json`), reference (`reference.ref`) and the good frames
 //! it was built from (`frames/`, so a settings change can rebuild it).
 //! Every write goes through [`atomic::write`], so a crash mid-write leaves
-//! the previous version intact.
+//! the previous version intact. One server at a time uses a data folder (a
+//! lock file); at start-up it clears what a crash can leave behind:
+//! temporary files, half-deleted and half-created recipe folders, and files
+//! no recipe names.
 
 pub mod atomic;
 pub mod frames;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +23,12 @@ use crate::reference::{self, Reference};
 
 /// Longest recipe name.
 pub const MAX_NAME_LEN: usize = 64;
+
+/// The lock file in the data folder, held while a server uses it.
+pub const LOCK_FILE: &str = "loupe.lock";
+
+/// Prefix of a recipe folder being deleted.
+const DELETED_PREFIX: &str = ".deleted-";
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +54,30 @@ pub enum StoreError {
     /// The reference file cannot be read.
     #[error(transparent)]
     Reference(#[from] reference::ReferenceError),
+    /// Another process holds the data folder's lock.
+    #[error("another Loupe server uses the data folder {}: its lock {} is held; stop that server or pass another --data-dir", .folder.display(), .folder.join(LOCK_FILE).display())]
+    Locked {
+        /// The data folder.
+        folder: PathBuf,
+    },
 }
 
 impl StoreError {
+    /// The error as a client may see it: file names without the server's
+    /// folders.
+    pub fn for_client(&self) -> String {
+        let file = |path: &Path| {
+            path.file_name()
+                .map_or_else(|| "a file".to_owned(), |name| name.to_string_lossy().into_owned())
+        };
+        match self {
+            Self::Io { action, path, source } => format!("{action} {}: {source}", file(path)),
+            Self::Damaged { path, reason } => format!("{} is damaged: {reason}", file(path)),
+            Self::Reference(error) => error.to_string(),
+            Self::Locked { .. } => "the data folder is in use by another server".to_owned(),
+        }
+    }
+
     /// An I/O error while doing `action` to `path`.
     pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
         Self::Io {
@@ -61,8 +92,9 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |source| StoreError::io(action, path, source)
 }
 
-/// Checks a recipe name: letters, digits, `-`, `_`, `.`, 1 to 64 long, and
-/// not `.` or `..` (names are folder names).
+/// Checks a recipe name: letters, digits, `-`, `_`, `.`, 1 to 64 long, not
+/// starting with `.` (names are folder names; Loupe's own files start with
+/// a dot).
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!(
@@ -78,8 +110,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             "recipe name {name:?} has {bad:?}; use letters, digits, '-', '_' and '.'"
         ));
     }
-    if name == "." || name == ".." {
-        return Err(format!("recipe name {name:?} is reserved"));
+    if name.starts_with('.') {
+        return Err(format!("recipe name {name:?} starts with '.', which is reserved"));
     }
     Ok(())
 }
@@ -97,6 +129,10 @@ pub struct RecipeRecord {
     pub first_frame: u32,
     /// Good frames stored in `frames/`, numbered from `first_frame`.
     pub frame_count: u32,
+    /// Their bytes as the clients sent them (0 in records written before
+    /// Loupe counted them).
+    #[serde(default)]
+    pub frame_bytes: u64,
     /// The reference file in force, if the recipe has one.
     pub reference_file: Option<String>,
     /// Good frames the current reference was built from.
@@ -114,6 +150,7 @@ impl RecipeRecord {
             settings,
             first_frame: 0,
             frame_count: 0,
+            frame_bytes: 0,
             reference_file: None,
             reference_count: 0,
             updated_at: now(),
@@ -149,18 +186,69 @@ pub struct StoredRecipe {
     pub reference: Option<Reference>,
 }
 
-/// The data folder.
+/// The data folder, locked for this process while any clone lives.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    _lock: Arc<fs::File>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `data_dir`.
+    /// Opens (creating if needed) the store under `data_dir`, takes its
+    /// lock, and removes what an interrupted change left in it.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let root = data_dir.join("recipes");
         fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
-        Ok(Self { root })
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("cannot open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    folder: data_dir.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(error)) => {
+                return Err(StoreError::io("cannot lock", &lock_path, error));
+            }
+        }
+        let store = Self {
+            root,
+            _lock: Arc::new(lock),
+        };
+        store.clear_leftovers()?;
+        Ok(store)
+    }
+
+    /// Removes half-deleted recipe folders and temporary files in the
+    /// recipes folder (safe: the lock says no other writer exists).
+    fn clear_leftovers(&self) -> Result<(), StoreError> {
+        for entry in fs::read_dir(&self.root)
+            .map_err(io("cannot list", &self.root))?
+            .filter_map(Result::ok)
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let removed = if name.starts_with(DELETED_PREFIX) {
+                fs::remove_dir_all(&path)
+            } else if name.starts_with(atomic::TEMP_PREFIX) {
+                fs::remove_file(&path)
+            } else {
+                continue;
+            };
+            match removed {
+                Ok(()) => tracing::info!(path = %path.display(), "removed what an interrupted change left"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove what an interrupted change left")
+                }
+            }
+        }
+        Ok(())
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -184,6 +272,15 @@ impl Store {
                 continue;
             };
             if !dir.is_dir() || validate_name(&name).is_err() {
+                continue;
+            }
+            clear_temporary_files(&dir);
+            clear_temporary_files(&dir.join("frames"));
+            if !dir.join("recipe.json").exists() && is_unfinished_creation(&dir) {
+                tracing::info!(recipe = %name, "removing a recipe whose creation was interrupted");
+                if let Err(error) = fs::remove_dir_all(&dir) {
+                    tracing::warn!(recipe = %name, %error, "cannot remove an unfinished recipe folder");
+                }
                 continue;
             }
             match self.load(&name) {
@@ -217,6 +314,10 @@ impl Store {
             }
             None => None,
         };
+        // Files of a change that did not reach its commit point.
+        if let Err(error) = self.prune(&record) {
+            tracing::warn!(recipe = %name, %error, "cannot remove files no revision uses");
+        }
         Ok(StoredRecipe { record, reference })
     }
 
@@ -228,7 +329,11 @@ impl Store {
     /// Writes `recipe.json` atomically.
     pub fn save_record(&self, record: &RecipeRecord) -> Result<(), StoreError> {
         let dir = self.dir(&record.name);
-        fs::create_dir_all(dir.join("frames")).map_err(io("cannot create", &dir))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir.join("frames")).map_err(io("cannot create", &dir))?;
+            atomic::sync_folder(&self.root)?;
+            crate::failpoint::stop_here("create.folder");
+        }
         let json = serde_json::to_vec_pretty(record).map_err(|error| StoreError::Damaged {
             path: dir.join("recipe.json"),
             reason: error.to_string(),
@@ -296,14 +401,52 @@ impl Store {
         frames::decode(bytes).map_err(|reason| StoreError::Damaged { path, reason })
     }
 
-    /// Deletes a recipe: its folder is first renamed away (atomic), then
-    /// removed.
+    /// Deletes a recipe: its folder is first renamed away (atomic; the
+    /// commit point), then removed. What a crash leaves is removed at the
+    /// next start.
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
         let dir = self.dir(name);
-        let trash = self.root.join(format!(".deleted-{name}-{}", now().0));
+        let trash = self.root.join(format!("{DELETED_PREFIX}{name}-{}", now().0));
         fs::rename(&dir, &trash).map_err(io("cannot delete", &dir))?;
-        fs::remove_dir_all(&trash).map_err(io("cannot remove", &trash))
+        if let Err(error) = atomic::sync_folder(&self.root) {
+            tracing::warn!(%error, "the deletion may not survive a power cut");
+        }
+        crate::failpoint::stop_here("delete.renamed");
+        if let Err(error) = fs::remove_dir_all(&trash) {
+            // Deleted all the same: the folder no longer loads.
+            tracing::warn!(path = %trash.display(), %error, "cannot remove a deleted recipe's files; the next start retries");
+        }
+        Ok(())
     }
+}
+
+/// Removes temporary files of interrupted writes from `folder`, if it exists.
+fn clear_temporary_files(folder: &Path) {
+    let Ok(entries) = fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(atomic::TEMP_PREFIX)
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether a recipe folder without `recipe.json` holds nothing but an
+/// empty `frames/` (a creation cut short before its record was written),
+/// rather than data a person should look at.
+fn is_unfinished_creation(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).all(|entry| {
+        entry.file_name() == "frames"
+            && fs::read_dir(entry.path()).is_ok_and(|mut inner| inner.next().is_none())
+    })
 }
 
 #[cfg(test)]

@@ -228,6 +228,7 @@ pub async fn enroll(recipes: &mut RecipesClient<Channel>, name: &str) -> proto::
             recipe: if i == 0 { name.to_owned() } else { String::new() },
             frame: Some(raw(texture(i + 1, i as f32 * 1.7, i as f32 * 0.9))),
             replace: false,
+            name: String::new(),
         })
         .collect();
     recipes

@@ -10,7 +10,10 @@ const FORMATS: [PixelFormat; 6] = [
     PixelFormat::Rgba8,
     PixelFormat::Bgra8,
 ];
-const LIMITS: DecodeLimits = DecodeLimits { max_pixels: 1 << 26 };
+const LIMITS: DecodeLimits = DecodeLimits {
+    max_pixels: 1 << 26,
+    max_bytes: u64::MAX,
+};
 
 /// Deterministic bytes covering the whole 0..=255 range.
 fn noise(len: usize, seed: u32) -> Vec<u8> {
@@ -158,7 +161,10 @@ fn bad_raw_buffers_are_refused_with_a_useful_message() {
     let max = u32::MAX;
     assert!(decode_err(raw(max, max, 0, PixelFormat::Rgba8, &data), LIMITS).contains("more than the limit"));
     // With no pixel limit the byte arithmetic itself must not wrap.
-    let unlimited = DecodeLimits { max_pixels: u64::MAX };
+    let unlimited = DecodeLimits {
+        max_pixels: u64::MAX,
+        max_bytes: u64::MAX,
+    };
     assert_eq!(
         decode_err(raw(max, max, 0, PixelFormat::Rgba8, &data), unlimited),
         "frame of 4294967295x4294967295 RGBa8 with stride 17179869180 is too large to address"
@@ -389,4 +395,93 @@ fn unknown_and_broken_bytes_are_refused() {
     png.truncate(png.len() - 20);
     let msg = decode_err(FrameData::Encoded(&png), LIMITS);
     assert!(msg.starts_with("cannot decode the encoded frame: "), "{msg}");
+}
+
+/// A PNG whose header claims `width` x `height` pixels of 16-bit RGBA over
+/// almost no data.
+fn rgba16_png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[16, 6, 0, 0, 0]); // 16-bit RGBA, deflate, no filter, no interlace
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[test]
+fn what_a_decode_holds_is_read_from_the_header_and_capped_in_bytes() {
+    // Found by a hostile client: a 0.5 MB 16-bit RGBA PNG made the server
+    // allocate 453 MiB, as the limit counted pixels, not bytes.
+    let png = rgba16_png_header(4000, 4000);
+    let cost = decode_cost(FrameData::Encoded(&png), LIMITS).unwrap();
+    assert_eq!(
+        (cost.width, cost.height, cost.bytes),
+        (4000, 4000, 4000 * 4000 * 8)
+    );
+    let limits = DecodeLimits {
+        max_bytes: 64 << 20,
+        ..LIMITS
+    };
+    let expected =
+        "a 4000x4000 frame needs 128000000 bytes to decode, more than the limit of 67108864 bytes per frame";
+    assert_eq!(
+        decode_cost(FrameData::Encoded(&png), limits)
+            .unwrap_err()
+            .to_string(),
+        expected
+    );
+    let mut out = Image::default();
+    assert_eq!(decode_err(FrameData::Encoded(&png), limits), expected);
+    decode(FrameData::Encoded(&png), limits, &mut out).unwrap_err();
+    assert_eq!(out.data.capacity(), 0, "nothing was allocated for the pixels");
+
+    // A raw buffer is charged for the image it converts into.
+    let data = noise(64 * 32 * 2, 3);
+    let cost = decode_cost(raw(64, 32, 0, PixelFormat::Mono16, &data), LIMITS).unwrap();
+    assert_eq!(cost.bytes, 64 * 32);
+    // TIFF's decoder fills a buffer of its own before the output.
+    let tiff = encode(&image::DynamicImage::new_rgb8(37, 21), ImageFormat::Tiff);
+    assert_eq!(
+        decode_cost(FrameData::Encoded(&tiff), LIMITS).unwrap().bytes,
+        37 * 21 * 3 * 2
+    );
+}
+
+#[test]
+fn a_cut_or_inflated_jpeg_is_refused_rather_than_judged_as_if_whole() {
+    let image = image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(64, 64, |x, y| {
+        image::Rgb([pat(0, x, y), pat(1, x, y), pat(2, x, y)])
+    }));
+    let jpeg = encode(&image, ImageFormat::Jpeg);
+    decode_ok(&jpeg);
+
+    let half = &jpeg[..jpeg.len() / 2];
+    assert_eq!(
+        decode_err(FrameData::Encoded(half), LIMITS),
+        "the JPEG has no end-of-image marker: the file is cut short"
+    );
+
+    // The header says 8192x8192; the data is for 64x64.
+    let mut inflated = jpeg.clone();
+    let sof = inflated
+        .windows(2)
+        .position(|marker| marker == [0xFF, 0xC0])
+        .expect("a baseline JPEG");
+    // Marker, length (2), precision (1), then height and width.
+    inflated[sof + 5..sof + 9].copy_from_slice(&[0x20, 0x00, 0x20, 0x00]);
+    let message = decode_err(FrameData::Encoded(&inflated), LIMITS);
+    assert_eq!(
+        message,
+        format!(
+            "the JPEG's header says 8192x8192, which needs at least 131072 bytes, but the file has {}",
+            inflated.len()
+        )
+    );
 }
