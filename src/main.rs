@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 use loupe::bench::BenchConfig;
 use loupe::config::{BenchArgs, Cli, Command, ServeArgs};
+use loupe::grpc::GrpcError;
 use loupe::runtime::{self, Lookup};
+use loupe::serve::ServeError;
 use std::future::Future;
 
 /// Exit code for a set-up problem the user can fix (flags, runtime, model).
@@ -105,7 +107,8 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         loupe::serve::serve(config, runtime, listener, loupe::serve::shutdown_signal())
             .await
             .map_err(|error| match error {
-                loupe::serve::ServeError::Model(error) => setup(error),
+                ServeError::Model(error) => setup(error),
+                error @ ServeError::Grpc(GrpcError::Tls { .. }) => setup(error),
                 other => Failure::Other(other.into()),
             })
     })

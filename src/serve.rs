@@ -92,6 +92,7 @@ pub async fn serve_with_events(
     events: Events,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let transport = grpc::Transport::new(&config.security)?;
     let starting = Server::start(server_config(&config), runtime, events).await?;
     let server = starting.server;
 
@@ -117,7 +118,18 @@ pub async fn serve_with_events(
         }
     };
 
-    tracing::info!(addr = ?listener.local_addr().ok(), data_dir = %config.data_dir.display(), "listening for gRPC");
+    let security = &config.security;
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        data_dir = %config.data_dir.display(),
+        tls = security.tls.is_some(),
+        client_certificates = security.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        tokens = security.tokens.as_ref().map_or(0, |tokens| tokens.len()),
+        "listening for gRPC"
+    );
+    for warning in config.exposure_warnings() {
+        tracing::warn!("{warning}");
+    }
     let (error_tx, error_rx) = tokio::sync::oneshot::channel::<ServeError>();
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let stopped = stopping.clone();
@@ -131,7 +143,14 @@ pub async fn serve_with_events(
         }
         stopped.notify_one();
     };
-    let transport = grpc::serve(server, listener, config.limits.max_message_bytes, serving, stop);
+    let transport = grpc::serve(
+        server,
+        transport,
+        listener,
+        config.limits.max_message_bytes,
+        serving,
+        stop,
+    );
     let grace = config.shutdown_grace;
     tokio::select! {
         result = transport => result?,

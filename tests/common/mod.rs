@@ -55,6 +55,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         limits: Limits::default(),
         max_batch: loupe::config::DEFAULT_MAX_BATCH,
         shutdown_grace: std::time::Duration::from_secs(5),
+        security: Default::default(),
     }
 }
 
