@@ -21,8 +21,16 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
-        Command::Recipe(args) => client(loupe::cli::recipe(args)),
-        Command::Inspect(args) => client(loupe::cli::inspect(args)),
+        Command::Recipe(args) => args
+            .server
+            .resolve()
+            .map_err(setup)
+            .and_then(|server| client(loupe::cli::recipe(&server, args.action))),
+        Command::Inspect(args) => args
+            .server
+            .resolve()
+            .map_err(setup)
+            .and_then(|server| client(loupe::cli::inspect(&server, args))),
         Command::Bench(args) => bench(&args),
     };
     match result {

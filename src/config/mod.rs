@@ -16,7 +16,9 @@ use clap::{Parser, Subcommand};
 
 pub use access::{MIN_TOKEN_CHARS, Role, TokenFileError, Tokens};
 pub use bench::{BenchArgs, FormatArg};
-pub use client::{InspectArgs, RecipeAction, RecipeArgs, ServerArgs};
+pub use client::{
+    ClientConfig, ClientTls, CredentialArgs, InspectArgs, RecipeAction, RecipeArgs, ServerArgs, Token,
+};
 pub use engine::{EngineArgs, EngineConfig};
 pub use serve::{DEFAULT_MAX_BATCH, Limits, Security, ServeArgs, ServeConfig, ServerTls, is_loopback};
 pub use settings::SettingsArgs;
@@ -228,6 +230,15 @@ mod tests {
         );
     }
 
+    fn client(args: &[&str]) -> Result<ClientConfig, String> {
+        let cli = Cli::try_parse_from(["loupe", "recipe"].iter().chain(args).chain(&["list"]))
+            .map_err(|e| e.to_string())?;
+        let Command::Recipe(recipe) = cli.command else {
+            unreachable!("parsed `recipe`");
+        };
+        recipe.server.resolve().map_err(|e| e.to_string())
+    }
+
     /// PEM files the flags accept (the PEM layer does not parse the DER).
     fn pem_files() -> (tempfile::TempDir, String, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -323,6 +334,74 @@ mod tests {
         let missing = dir.path().join("missing");
         let error = serve(&["--auth-tokens", missing.to_str().unwrap()]).unwrap_err();
         assert!(error.starts_with("--auth-tokens: cannot read "), "{error}");
+    }
+
+    #[test]
+    fn client_flags_resolve_into_one_connection() {
+        let config = client(&[]).unwrap();
+        assert_eq!(config.server, "http://127.0.0.1:50051");
+        assert!(config.tls.is_none() && config.token.is_none());
+
+        let (_dir, cert, key) = pem_files();
+        let config = client(&[
+            "--server",
+            "https://line-3.local:50051",
+            "--tls-ca",
+            &cert,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--token",
+            "0123456789abcdef",
+        ])
+        .unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert!(tls.ca.is_some() && tls.identity.is_some());
+        assert_eq!(config.token.as_ref().unwrap().as_str(), "0123456789abcdef");
+        assert!(
+            !format!("{config:?}").contains("0123456789abcdef"),
+            "Debug shows the token"
+        );
+        // https:// alone trusts the system's roots.
+        assert!(
+            client(&["--server", "HTTPS://line-3.local:50051"])
+                .unwrap()
+                .tls
+                .unwrap()
+                .ca
+                .is_none()
+        );
+
+        let error = client(&["--tls-ca", &cert]).unwrap_err();
+        assert_eq!(
+            error,
+            "--tls-ca: TLS needs an https:// address; --server is http://127.0.0.1:50051"
+        );
+        let error = client(&["--server", "https://h:1", "--tls-cert", &cert]).unwrap_err();
+        assert!(error.starts_with("--tls-cert: needs --tls-key"), "{error}");
+        let error = client(&["--token", "two words"]).unwrap_err();
+        assert!(
+            error.starts_with("--token: ") && error.contains("visible ASCII"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bench_takes_the_connection_flags_only_with_a_server() {
+        let bench = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["loupe", "bench", "data"].iter().chain(args)).unwrap();
+            let Command::Bench(args) = cli.command else {
+                unreachable!("parsed `bench`");
+            };
+            crate::bench::BenchConfig::from_args(&args).map_err(|e| e.to_string())
+        };
+        let error = bench(&["--token", "0123456789abcdef"]).unwrap_err();
+        assert!(error.contains("--token: only with --server"), "{error}");
+        let config = bench(&["--server", "http://127.0.0.1:1", "--token", "0123456789abcdef"]).unwrap();
+        let server = config.server.unwrap();
+        assert_eq!(server.server, "http://127.0.0.1:1");
+        assert!(server.token.is_some());
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! server core, grpc.health.v1 and reflection. It converts proto messages to
 //! core types and back ([`crate::proto::convert`]) and core errors to
 //! `Status` (in `status.rs`, one exhaustive `From`). It also owns how the
-//! service is reached: TLS here and the token check for every call in
-//! [`auth`]; the core knows nothing of either.
+//! service is reached: TLS here, the token check for every call in
+//! [`auth`], and the client end in [`client`]; the core knows nothing of
+//! either.
 
 pub mod auth;
+pub mod client;
 mod inspection;
 mod recipes;
 mod status;
