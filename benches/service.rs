@@ -119,6 +119,7 @@ impl Served {
             limits: Limits::default(),
             max_batch,
             shutdown_grace: Duration::from_secs(5),
+            security: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

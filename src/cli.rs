@@ -5,26 +5,18 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use tonic::transport::Channel;
 
-use crate::config::{InspectArgs, RecipeAction, RecipeArgs};
+use crate::config::{ClientConfig, InspectArgs, RecipeAction};
 use crate::engine::RecipeSettings;
+use crate::grpc::client;
 use crate::proto;
 use crate::proto::convert::{encoded_frame, settings_from_proto, settings_to_proto};
 use crate::proto::inspection_client::InspectionClient;
 use crate::proto::recipes_client::RecipesClient;
 
-async fn connect(server: &str) -> Result<Channel> {
-    Channel::from_shared(server.to_owned())
-        .with_context(|| format!("bad server address {server:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the Loupe server at {server}; is `loupe serve` running?"))
-}
-
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(status)`
 fn status(error: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", error.code(), error.message())
+    anyhow::anyhow!(client::describe(&error))
 }
 
 fn print_recipe(recipe: &proto::Recipe) {
@@ -64,12 +56,12 @@ fn print_recipe(recipe: &proto::Recipe) {
     }
 }
 
-/// Runs `loupe recipe ...`.
-pub async fn recipe(args: RecipeArgs) -> Result<()> {
-    let mut client = RecipesClient::new(connect(&args.server.server).await?)
+/// Runs `loupe recipe ACTION` on the server `server` resolves to.
+pub async fn recipe(server: &ClientConfig, action: RecipeAction) -> Result<()> {
+    let mut client = RecipesClient::new(client::connect(server).await?)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    match args.action {
+    match action {
         RecipeAction::Create { name, settings } => {
             let settings = settings.apply(RecipeSettings::default())?;
             let recipe = client
@@ -153,9 +145,9 @@ fn read_frame(file: &Path) -> Result<proto::Frame> {
     Ok(encoded_frame(bytes))
 }
 
-/// Runs `loupe inspect`.
-pub async fn inspect(args: InspectArgs) -> Result<()> {
-    let mut client = InspectionClient::new(connect(&args.server.server).await?)
+/// Runs `loupe inspect` on the server `server` resolves to.
+pub async fn inspect(server: &ClientConfig, args: InspectArgs) -> Result<()> {
+    let mut client = InspectionClient::new(client::connect(server).await?)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     if let Some(dir) = &args.heatmap {

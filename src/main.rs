@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 use loupe::bench::BenchConfig;
 use loupe::config::{BenchArgs, Cli, Command, ServeArgs};
+use loupe::grpc::GrpcError;
 use loupe::runtime::{self, Lookup};
+use loupe::serve::ServeError;
 use loupe::server::StartError;
 use loupe::store::StoreError;
 use std::future::Future;
@@ -22,8 +24,16 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
-        Command::Recipe(args) => client(loupe::cli::recipe(args)),
-        Command::Inspect(args) => client(loupe::cli::inspect(args)),
+        Command::Recipe(args) => args
+            .server
+            .resolve()
+            .map_err(setup)
+            .and_then(|server| client(loupe::cli::recipe(&server, args.action))),
+        Command::Inspect(args) => args
+            .server
+            .resolve()
+            .map_err(setup)
+            .and_then(|server| client(loupe::cli::inspect(&server, args))),
         Command::Bench(args) => bench(&args),
     };
     match result {
@@ -110,10 +120,9 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         loupe::serve::serve(config, runtime, listener, loupe::serve::shutdown_signal())
             .await
             .map_err(|error| match error {
-                loupe::serve::ServeError::Model(error) => setup(error),
-                loupe::serve::ServeError::Start(StartError::Store(error @ StoreError::Locked { .. })) => {
-                    setup(error)
-                }
+                ServeError::Model(error) => setup(error),
+                error @ ServeError::Grpc(GrpcError::Tls { .. }) => setup(error),
+                ServeError::Start(StartError::Store(error @ StoreError::Locked { .. })) => setup(error),
                 other => Failure::Other(other.into()),
             })
     })

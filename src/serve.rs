@@ -103,6 +103,7 @@ pub async fn serve_with_events(
     events: Events,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let transport = grpc::Transport::new(&config.security)?;
     let starting = Server::start(server_config(&config), runtime, events).await?;
     let server = starting.server;
 
@@ -133,10 +134,21 @@ pub async fn serve_with_events(
         }
     };
 
+    let security = &config.security;
     let addr = listener
         .local_addr()
         .map_or_else(|_| "an unknown address".to_owned(), |addr| addr.to_string());
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening for gRPC");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        tls = security.tls.is_some(),
+        client_certificates = security.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        tokens = security.tokens.as_ref().map_or(0, |tokens| tokens.len()),
+        "listening for gRPC"
+    );
+    for warning in config.exposure_warnings() {
+        tracing::warn!("{warning}");
+    }
     let (error_tx, error_rx) = tokio::sync::oneshot::channel::<ServeError>();
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let stopped = stopping.clone();
@@ -150,7 +162,14 @@ pub async fn serve_with_events(
         }
         stopped.notify_one();
     };
-    let transport = grpc::serve(server, listener, config.limits.max_message_bytes, serving, stop);
+    let transport = grpc::serve(
+        server,
+        transport,
+        listener,
+        config.limits.max_message_bytes,
+        serving,
+        stop,
+    );
     let grace = config.shutdown_grace;
     tokio::select! {
         result = transport => result?,

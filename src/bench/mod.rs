@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::{BenchArgs, ConfigError, EngineConfig, FormatArg};
+use crate::config::{BenchArgs, ClientConfig, ConfigError, EngineConfig, FormatArg};
 use crate::engine::{EngineError, MatchMode, RecipeSettings};
 
 use dataset::{Dataset, DatasetError, Format, Pair, TestImage};
@@ -113,8 +113,9 @@ pub struct BenchConfig {
     pub format: Option<Format>,
     /// Where the report files go.
     pub out: Option<PathBuf>,
-    /// gRPC server to go through instead of the in-process engine.
-    pub server: Option<String>,
+    /// gRPC server to go through instead of the in-process engine, and how
+    /// to reach it.
+    pub server: Option<ClientConfig>,
     /// Use at most this many training images, evenly spaced.
     pub train_limit: Option<usize>,
     /// Frames per gallery section.
@@ -148,6 +149,19 @@ impl BenchConfig {
             }
             .into());
         }
+        let server = match &args.server {
+            Some(url) => Some(args.credentials.resolve("server", url)?),
+            None => match args.credentials.first_given() {
+                Some(flag) => {
+                    return Err(ConfigError {
+                        flag,
+                        reason: "only with --server: the in-process engine needs no connection".into(),
+                    }
+                    .into());
+                }
+                None => None,
+            },
+        };
         use std::io::IsTerminal;
         Ok(Self {
             dir: args.dir.clone(),
@@ -156,7 +170,7 @@ impl BenchConfig {
                 FormatArg::Pairs => Format::Pairs,
             }),
             out: args.out.clone(),
-            server: args.server.clone(),
+            server,
             train_limit: args.train_limit,
             gallery: args.gallery,
             progress: !args.quiet && std::io::stdout().is_terminal(),
@@ -222,7 +236,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let dataset = dataset::load(&config.dir, config.format)?;
     let settings = config.settings_for(dataset.format());
     let mut runner = match &config.server {
-        Some(url) => Runner::remote(url, settings.clone())?,
+        Some(server) => Runner::remote(server, settings.clone())?,
         None => Runner::local(&config.engine, settings.clone())?,
     };
     let measured = match &dataset {

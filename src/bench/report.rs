@@ -220,7 +220,7 @@ impl Report {
             } else {
                 "in-process"
             },
-            server: config.server.clone(),
+            server: config.server.as_ref().map(|server| server.server.clone()),
             model: model.cloned(),
             settings: settings.clone(),
             train_limit: config.train_limit,

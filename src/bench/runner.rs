@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
-
-use crate::config::EngineConfig;
+use crate::config::{ClientConfig, EngineConfig};
 use crate::engine::{
     Engine, EnrollError, HeatmapFormat, InputSize, InspectOptions, Judge, RecipeSettings, Region, Verdict,
 };
+use crate::grpc::client::{self, Connection};
 use crate::imaging::{DecodeLimits, FrameData, OwnedFrame};
 use crate::model;
 use crate::proto;
@@ -94,8 +93,8 @@ pub struct Local {
 #[derive(Debug)]
 pub struct Remote {
     tokio: tokio::runtime::Runtime,
-    recipes: RecipesClient<Channel>,
-    inspection: InspectionClient<Channel>,
+    recipes: RecipesClient<Connection>,
+    inspection: InspectionClient<Connection>,
     url: String,
     recipe: String,
     created: bool,
@@ -144,23 +143,25 @@ impl Runner {
         })))
     }
 
-    /// Connects to the server at `url`; the recipe is created at the first
-    /// enrollment and deleted when the runner is dropped.
-    pub fn remote(url: &str, settings: RecipeSettings) -> Result<Self, BenchError> {
+    /// Connects to the server `server` names; the recipe is created at the
+    /// first enrollment and deleted when the runner is dropped.
+    pub fn remote(server: &ClientConfig, settings: RecipeSettings) -> Result<Self, BenchError> {
+        let url = &server.server;
         let server_error = |message: String| BenchError::Server {
-            url: url.to_owned(),
+            url: url.clone(),
             message,
         };
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|error| server_error(format!("cannot start the async runtime: {error}")))?;
-        let channel = tokio.block_on(async {
-            Channel::from_shared(url.to_owned())
-                .map_err(|error| server_error(format!("bad address: {error}")))?
-                .connect()
-                .await
-                .map_err(|error| server_error(format!("cannot connect: {error}; is `loupe serve` running?")))
+        let channel = tokio.block_on(client::connect(server)).map_err(|error| {
+            server_error(match error {
+                client::ConnectError::Unreachable { reason, .. } => {
+                    format!("cannot connect: {reason}; is `loupe serve` running?")
+                }
+                other => other.to_string(),
+            })
         })?;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -173,7 +174,7 @@ impl Runner {
             inspection: InspectionClient::new(channel)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
-            url: url.to_owned(),
+            url: url.clone(),
             recipe: format!("loupe-bench-{}-{}", std::process::id(), unix.as_millis()),
             created: false,
             settings,
@@ -285,7 +286,7 @@ impl Remote {
     }
 
     fn status(&self, status: &tonic::Status) -> BenchError {
-        self.error(format!("{:?}: {}", status.code(), status.message()))
+        self.error(client::describe(status))
     }
 
     fn enroll(&mut self, good: &[PathBuf], progress: &mut dyn FnMut()) -> Result<Enrolled, BenchError> {

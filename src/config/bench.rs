@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{EngineArgs, SettingsArgs};
+use super::{CredentialArgs, EngineArgs, SettingsArgs};
 
 /// Dataset layouts `loupe bench` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// recipe is created there and deleted at the end.
     #[arg(long, env = "LOUPE_BENCH_SERVER", value_name = "URL")]
     pub server: Option<String>,
+
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
 
     /// Use only N training images, evenly spaced in sorted order (quick runs).
     #[arg(long, env = "LOUPE_BENCH_TRAIN_LIMIT", value_name = "N")]

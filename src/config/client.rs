@@ -1,17 +1,196 @@
-//! Flags of the client commands, `loupe recipe` and `loupe inspect`.
+//! Flags of the client commands, `loupe recipe` and `loupe inspect`, and
+//! the connection flags they share with `loupe bench --server`: TLS trust,
+//! a client certificate, a bearer token.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::SettingsArgs;
+use super::access::token_problem;
+use super::tls::{self, Identity, PemFile};
+use super::{ConfigError, SettingsArgs};
 
 /// Where a client command finds the server.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// The Loupe server's address.
-    #[arg(long, env = "LOUPE_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// The Loupe server's address; `https://` connects with TLS.
+    #[arg(
+        long,
+        env = "LOUPE_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub server: String,
+
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+}
+
+impl ServerArgs {
+    /// Validates the flags into a [`ClientConfig`].
+    pub fn resolve(&self) -> Result<ClientConfig, ConfigError> {
+        self.credentials.resolve("server", &self.server)
+    }
+}
+
+/// How a client proves who it is and whom it trusts; like `--server`, the
+/// flags may come before or after a `recipe` action. The variables differ
+/// from `loupe serve`'s (`LOUPE_CLIENT_CERT`, not `LOUPE_TLS_CERT`) so that a
+/// server and a client on one machine never pick up each other's identity.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialArgs {
+    /// Trust this CA certificate (PEM) for the server's certificate, for an
+    /// https:// server; without it, the system's trusted roots.
+    #[arg(long, env = "LOUPE_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a server that asks for one (mutual
+    /// TLS); needs --tls-key.
+    #[arg(
+        long = "tls-cert",
+        env = "LOUPE_CLIENT_CERT",
+        value_name = "FILE",
+        global = true
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long = "tls-key",
+        env = "LOUPE_CLIENT_KEY",
+        value_name = "FILE",
+        global = true
+    )]
+    pub client_key: Option<PathBuf>,
+
+    /// Bearer token sent as `authorization: Bearer TOKEN` on every call
+    /// (for a server started with --auth-tokens). Prefer the variable: a
+    /// command line is visible to every user of the machine.
+    #[arg(
+        long,
+        env = "LOUPE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true
+    )]
+    pub token: Option<String>,
+}
+
+impl CredentialArgs {
+    /// The first of these flags that was given, if any.
+    pub fn first_given(&self) -> Option<&'static str> {
+        [
+            ("tls-ca", self.tls_ca.is_some()),
+            ("tls-cert", self.client_cert.is_some()),
+            ("tls-key", self.client_key.is_some()),
+            ("token", self.token.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
+
+    /// Validates these flags for the server at `server` (given by
+    /// `--{server_flag}`) into a [`ClientConfig`].
+    pub fn resolve(&self, server_flag: &'static str, server: &str) -> Result<ClientConfig, ConfigError> {
+        let https = server
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        let identity = tls::identity(
+            ("tls-cert", self.client_cert.as_deref()),
+            ("tls-key", self.client_key.as_deref()),
+        )?;
+        let ca = self
+            .tls_ca
+            .as_deref()
+            .map(|path| tls::certificates("tls-ca", path))
+            .transpose()?;
+        let tls = if https {
+            Some(ClientTls { ca, identity })
+        } else {
+            // A CA or certificate for a plaintext address is a mistake the
+            // user would otherwise find only as a puzzling refusal.
+            let flag = match (&ca, &identity) {
+                (Some(_), _) => Some("tls-ca"),
+                (None, Some(_)) => Some("tls-cert"),
+                (None, None) => None,
+            };
+            if let Some(flag) = flag {
+                return Err(ConfigError {
+                    flag,
+                    reason: format!("TLS needs an https:// address; --{server_flag} is {server}"),
+                });
+            }
+            None
+        };
+        let token = match &self.token {
+            Some(token) => match token_problem(token) {
+                Some(problem) => {
+                    return Err(ConfigError {
+                        flag: "token",
+                        reason: problem.to_owned(),
+                    });
+                }
+                None => Some(Token(token.clone())),
+            },
+            None => None,
+        };
+        Ok(ClientConfig {
+            server: server.to_owned(),
+            tls,
+            token,
+        })
+    }
+}
+
+/// A resolved client connection: where the server is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server's address (`http://` or `https://`).
+    pub server: String,
+    /// TLS, for an `https://` address.
+    pub tls: Option<ClientTls>,
+    /// The bearer token sent on every call.
+    pub token: Option<Token>,
+}
+
+impl ClientConfig {
+    /// A plaintext connection to `server`, without a token.
+    pub fn plaintext(server: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            tls: None,
+            token: None,
+        }
+    }
+}
+
+/// A client's TLS files, read and checked.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA to trust for the server's certificate; `None`: the system's
+    /// roots.
+    pub ca: Option<PemFile>,
+    /// The client's certificate and key for mutual TLS.
+    pub identity: Option<Identity>,
+}
+
+/// A bearer token, checked to fit in gRPC metadata.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    /// The token's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// Logs and error reports must never carry the token.
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 /// `loupe recipe ...`.

@@ -1,21 +1,28 @@
 //! Command-line flags (each with a `LOUPE_*` environment variable) and the
 //! validated configuration they resolve into, one file per command: `serve`,
 //! the client commands (`recipe`, `inspect`), `bench`, and the engine and
-//! recipe-settings flags they share.
+//! recipe-settings flags they share; `tls.rs` reads the PEM files the TLS
+//! flags name and `access.rs` the `--auth-tokens` file.
 
+mod access;
 mod bench;
 mod client;
 mod engine;
 mod serve;
 mod settings;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
+pub use access::{MIN_TOKEN_CHARS, Role, TokenFileError, Tokens};
 pub use bench::{BenchArgs, FormatArg};
-pub use client::{InspectArgs, RecipeAction, RecipeArgs, ServerArgs};
+pub use client::{
+    ClientConfig, ClientTls, CredentialArgs, InspectArgs, RecipeAction, RecipeArgs, ServerArgs, Token,
+};
 pub use engine::{EngineArgs, EngineConfig};
-pub use serve::{DEFAULT_MAX_BATCH, Limits, ServeArgs, ServeConfig};
+pub use serve::{DEFAULT_MAX_BATCH, Limits, Security, ServeArgs, ServeConfig, ServerTls, is_loopback};
 pub use settings::SettingsArgs;
+pub use tls::{Identity, PemFile};
 
 /// Loupe: visual quality inspection against a golden reference, over gRPC.
 #[derive(Debug, Parser)]
@@ -189,6 +196,7 @@ mod tests {
         let config = serve(&[
             "--listen",
             "0.0.0.0:6000",
+            "--insecure",
             "--data-dir",
             "/tmp/x",
             "--threads",
@@ -220,6 +228,180 @@ mod tests {
                 .unwrap_err()
                 .contains("at least 1024")
         );
+    }
+
+    fn client(args: &[&str]) -> Result<ClientConfig, String> {
+        let cli = Cli::try_parse_from(["loupe", "recipe"].iter().chain(args).chain(&["list"]))
+            .map_err(|e| e.to_string())?;
+        let Command::Recipe(recipe) = cli.command else {
+            unreachable!("parsed `recipe`");
+        };
+        recipe.server.resolve().map_err(|e| e.to_string())
+    }
+
+    /// PEM files the flags accept (the PEM layer does not parse the DER).
+    fn pem_files() -> (tempfile::TempDir, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let path = |p: PathBuf| p.to_str().unwrap().to_owned();
+        (dir, path(cert), path(key))
+    }
+
+    #[test]
+    fn a_network_address_needs_tls_or_insecure() {
+        let error = serve(&["--listen", "0.0.0.0:50051"]).unwrap_err();
+        assert_eq!(
+            error,
+            "--listen: 0.0.0.0:50051 is not a loopback address and TLS is off: give --tls-cert/--tls-key, \
+             or --insecure to serve plaintext on the network anyway"
+        );
+        assert!(serve(&["--listen", "[::]:50051"]).is_err());
+        assert!(serve(&["--listen", "192.168.10.5:50051"]).is_err());
+        for loopback in ["127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            let config = serve(&["--listen", loopback]).unwrap();
+            assert!(config.exposure_warnings().is_empty(), "{loopback}");
+        }
+
+        let config = serve(&["--listen", "0.0.0.0:50051", "--insecure"]).unwrap();
+        let warnings = config.exposure_warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("without TLS or tokens (--insecure)"),
+            "{warnings:?}"
+        );
+
+        let (_dir, cert, key) = pem_files();
+        let tls = [
+            "--listen",
+            "0.0.0.0:50051",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        let config = serve(&tls).unwrap();
+        assert!(config.security.tls.as_ref().unwrap().client_ca.is_none());
+        let warnings = config.exposure_warnings();
+        assert!(
+            warnings[0].starts_with("no --auth-tokens on 0.0.0.0:50051"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn tls_and_token_flags_are_checked_with_the_flag_named() {
+        let (dir, cert, key) = pem_files();
+        let error = serve(&["--tls-key", &key]).unwrap_err();
+        assert!(error.starts_with("--tls-key: needs --tls-cert"), "{error}");
+        let error = serve(&["--tls-client-ca", &cert]).unwrap_err();
+        assert!(
+            error.starts_with("--tls-client-ca: needs --tls-cert and --tls-key"),
+            "{error}"
+        );
+        let config = serve(&["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &cert]).unwrap();
+        assert!(config.security.tls.unwrap().client_ca.is_some());
+        let error = serve(&["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &key]).unwrap_err();
+        assert!(
+            error.starts_with("--tls-client-ca: ") && error.contains("key.pem"),
+            "{error}"
+        );
+
+        let tokens = dir.path().join("tokens");
+        std::fs::write(
+            &tokens,
+            "operator 0123456789abcdef\n# comment\nroot 0123456789abcdefg\n",
+        )
+        .unwrap();
+        let tokens = tokens.to_str().unwrap();
+        let error = serve(&["--auth-tokens", tokens]).unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "--auth-tokens: {tokens}: line 3: unknown role `root`; the roles are operator and engineer"
+            )
+        );
+        let missing = dir.path().join("missing");
+        let error = serve(&["--auth-tokens", missing.to_str().unwrap()]).unwrap_err();
+        assert!(error.starts_with("--auth-tokens: cannot read "), "{error}");
+    }
+
+    #[test]
+    fn client_flags_resolve_into_one_connection() {
+        let config = client(&[]).unwrap();
+        assert_eq!(config.server, "http://127.0.0.1:50051");
+        assert!(config.tls.is_none() && config.token.is_none());
+
+        let (_dir, cert, key) = pem_files();
+        let config = client(&[
+            "--server",
+            "https://line-3.local:50051",
+            "--tls-ca",
+            &cert,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--token",
+            "0123456789abcdef",
+        ])
+        .unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert!(tls.ca.is_some() && tls.identity.is_some());
+        assert_eq!(config.token.as_ref().unwrap().as_str(), "0123456789abcdef");
+        assert!(
+            !format!("{config:?}").contains("0123456789abcdef"),
+            "Debug shows the token"
+        );
+        // https:// alone trusts the system's roots.
+        assert!(
+            client(&["--server", "HTTPS://line-3.local:50051"])
+                .unwrap()
+                .tls
+                .unwrap()
+                .ca
+                .is_none()
+        );
+
+        let error = client(&["--tls-ca", &cert]).unwrap_err();
+        assert_eq!(
+            error,
+            "--tls-ca: TLS needs an https:// address; --server is http://127.0.0.1:50051"
+        );
+        let error = client(&["--server", "https://h:1", "--tls-cert", &cert]).unwrap_err();
+        assert!(error.starts_with("--tls-cert: needs --tls-key"), "{error}");
+        let error = client(&["--token", "two words"]).unwrap_err();
+        assert!(
+            error.starts_with("--token: ") && error.contains("visible ASCII"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bench_takes_the_connection_flags_only_with_a_server() {
+        let bench = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["loupe", "bench", "data"].iter().chain(args)).unwrap();
+            let Command::Bench(args) = cli.command else {
+                unreachable!("parsed `bench`");
+            };
+            crate::bench::BenchConfig::from_args(&args).map_err(|e| e.to_string())
+        };
+        let error = bench(&["--token", "0123456789abcdef"]).unwrap_err();
+        assert!(error.contains("--token: only with --server"), "{error}");
+        let config = bench(&["--server", "http://127.0.0.1:1", "--token", "0123456789abcdef"]).unwrap();
+        let server = config.server.unwrap();
+        assert_eq!(server.server, "http://127.0.0.1:1");
+        assert!(server.token.is_some());
     }
 
     #[test]

@@ -1,10 +1,16 @@
-//! Flags of `loupe serve` and the configuration they resolve into.
+//! Flags of `loupe serve` and the configuration they resolve into,
+//! including how the listener is protected: TLS, client certificates,
+//! bearer tokens, and the rule that a non-loopback address needs TLS or an
+//! explicit `--insecure`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 
+use super::access::Tokens;
+use super::tls::{self, Identity, PemFile};
 use super::{ConfigError, EngineArgs, EngineConfig, at_least};
 
 /// Flags of `loupe serve`.
@@ -80,6 +86,34 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGINT or SIGTERM.
     #[arg(long, env = "LOUPE_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM, the server's
+    /// own certificate first); needs --tls-key.
+    #[arg(long, env = "LOUPE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "LOUPE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: refuse every connection without a client certificate
+    /// signed by this CA (PEM); needs --tls-cert and --tls-key.
+    #[arg(long, env = "LOUPE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Bearer tokens and their roles, one `ROLE TOKEN` a line (`#` comment
+    /// lines and blank lines allowed). `operator` may call Inspect,
+    /// InspectStream, GetRecipe and ListRecipes; `engineer` may call
+    /// everything. Clients send `authorization: Bearer TOKEN`.
+    /// grpc.health.v1 and reflection stay open without a token. Without
+    /// this flag no token is checked.
+    #[arg(long, env = "LOUPE_AUTH_TOKENS", value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// Serve plaintext gRPC on a non-loopback --listen address anyway
+    /// (without TLS such an address is refused); logged as a warning.
+    #[arg(long, env = "LOUPE_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Waiting frames judged together by default. With 4 frames in flight on a
@@ -142,6 +176,66 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// Grace period at shutdown.
     pub shutdown_grace: std::time::Duration,
+    /// TLS and tokens for the gRPC listener.
+    pub security: Security,
+}
+
+/// How the gRPC listener is protected; the transport applies it.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS; `None` serves plaintext.
+    pub tls: Option<ServerTls>,
+    /// Bearer tokens; `None` checks none.
+    pub tokens: Option<Arc<Tokens>>,
+}
+
+/// The server's TLS files, read and checked.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain and key.
+    pub identity: Identity,
+    /// The CA client certificates must be signed by (mutual TLS).
+    pub client_ca: Option<PemFile>,
+}
+
+/// Whether `addr` is reachable from this machine only (127.0.0.0/8, ::1).
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(ip) => ip.is_loopback(),
+        IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+impl ServeConfig {
+    /// What to warn about at start-up: who can reach the service and what
+    /// they may do there. Empty on loopback. (Plaintext off loopback got
+    /// past [`ServeArgs::resolve`] only with `--insecure`.)
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        if is_loopback(&self.listen) {
+            return Vec::new();
+        }
+        let listen = self.listen;
+        let tokens = self.security.tokens.is_some();
+        let warning = match &self.security.tls {
+            None if tokens => format!(
+                "serving gRPC on {listen} without TLS (--insecure): anyone on the network can read frames \
+                 and verdicts, and reuse the bearer tokens, which travel in clear text"
+            ),
+            None => format!(
+                "serving gRPC on {listen} without TLS or tokens (--insecure): anyone on the network can read \
+                 frames and verdicts, and change or delete recipes"
+            ),
+            Some(_) if tokens => return Vec::new(),
+            Some(tls) if tls.client_ca.is_some() => format!(
+                "no --auth-tokens on {listen}: any client with a certificate from --tls-client-ca may change \
+                 or delete recipes"
+            ),
+            Some(_) => {
+                format!("no --auth-tokens on {listen}: anyone who can reach it may change or delete recipes")
+            }
+        };
+        vec![warning]
+    }
 }
 
 impl ServeArgs {
@@ -186,6 +280,46 @@ impl ServeArgs {
             },
             max_batch: self.max_batch,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
+            security: self.security()?,
+        })
+    }
+
+    fn security(&self) -> Result<Security, ConfigError> {
+        let identity = tls::identity(
+            ("tls-cert", self.tls_cert.as_deref()),
+            ("tls-key", self.tls_key.as_deref()),
+        )?;
+        let tls = match (identity, &self.tls_client_ca) {
+            (Some(identity), client_ca) => Some(ServerTls {
+                identity,
+                client_ca: client_ca
+                    .as_deref()
+                    .map(|path| tls::certificates("tls-client-ca", path))
+                    .transpose()?,
+            }),
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    flag: "tls-client-ca",
+                    reason: "needs --tls-cert and --tls-key: client certificates are checked only over TLS"
+                        .to_owned(),
+                });
+            }
+            (None, None) => None,
+        };
+        if tls.is_none() && !self.insecure && !is_loopback(&self.listen) {
+            return Err(ConfigError {
+                flag: "listen",
+                reason: format!(
+                    "{} is not a loopback address and TLS is off: give --tls-cert/--tls-key, or --insecure \
+                     to serve plaintext on the network anyway",
+                    self.listen
+                ),
+            });
+        }
+        let tokens = self.auth_tokens.as_deref().map(read_tokens).transpose()?;
+        Ok(Security {
+            tls,
+            tokens: tokens.map(Arc::new),
         })
     }
 }
@@ -201,4 +335,14 @@ fn default_decode_budget() -> u64 {
     total
         .map_or(1 << 30, |bytes| bytes / 4)
         .max(crate::imaging::DEFAULT_MAX_FRAME_BYTES)
+}
+
+fn read_tokens(path: &Path) -> Result<Tokens, ConfigError> {
+    let refuse = |reason: String| ConfigError {
+        flag: "auth-tokens",
+        reason,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| refuse(format!("cannot read {}: {error}", path.display())))?;
+    Tokens::parse(&text).map_err(|error| refuse(format!("{}: {error}", path.display())))
 }

@@ -1,8 +1,13 @@
 //! The gRPC transport: `loupe.v1.Inspection` and `loupe.v1.Recipes` over the
 //! server core, grpc.health.v1 and reflection. It converts proto messages to
 //! core types and back ([`crate::proto::convert`]) and core errors to
-//! `Status` (in `status.rs`, one exhaustive `From`), and nothing else.
+//! `Status` (in `status.rs`, one exhaustive `From`). It also owns how the
+//! service is reached: TLS here, the token check for every call in
+//! [`auth`], and the client end in [`client`]; the core knows nothing of
+//! either.
 
+pub mod auth;
+pub mod client;
 mod inspection;
 mod recipes;
 mod status;
@@ -12,9 +17,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::config::{Security, ServerTls, Tokens};
 use crate::proto::inspection_server::InspectionServer;
 use crate::proto::recipes_server::RecipesServer;
 use crate::server::Server;
@@ -32,15 +39,52 @@ pub const MAX_FRAME: u32 = 1 << 20;
 /// Names whose health is reported: overall ("") and each Loupe service.
 pub const HEALTH_SERVICES: [&str; 3] = ["", "loupe.v1.Inspection", "loupe.v1.Recipes"];
 
+/// Longest a client may take over its TLS handshake: a connection that
+/// stalls there must not hold the server's resources.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the gRPC transport stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
+    /// The TLS files were read but the TLS library refused them (a key that
+    /// does not match its certificate, an unsupported key type).
+    #[error("TLS set-up (--tls-cert {cert}, --tls-key {key}): {reason}")]
+    Tls {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// What the TLS library said.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// Reflection could not be set up (a bug in the embedded descriptors).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// An error and its causes on one line; tonic's own message alone is only
+/// "transport error".
+pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    with_causes(Vec::new(), Some(error))
+}
+
+/// `parts` followed by `next` and its causes, each left out when the part
+/// before already says it.
+pub(crate) fn with_causes(
+    mut parts: Vec<String>,
+    mut next: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(error) = next {
+        let text = error.to_string();
+        if parts.last().is_none_or(|last| !last.contains(&text)) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    parts.join(": ")
 }
 
 /// Reports `status` for every name in [`HEALTH_SERVICES`].
@@ -50,11 +94,55 @@ pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Serves the core on `listener` until `stop` completes, then lets calls in
-/// flight finish. Health says NOT_SERVING until `serving` completes (the
-/// core is ready), SERVING after, and NOT_SERVING again once `stop` has.
+fn tls_config(tls: &ServerTls) -> ServerTlsConfig {
+    let identity = &tls.identity;
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&identity.cert.pem, &identity.key.pem))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    match &tls.client_ca {
+        // Required, not optional: tonic's default once a CA is set.
+        Some(ca) => config.client_ca_root(Certificate::from_pem(&ca.pem)),
+        None => config,
+    }
+}
+
+/// How the server is reached, set up from [`Security`] before the core
+/// starts, so TLS files the TLS library refuses stop Loupe before a model
+/// is loaded.
+#[derive(Debug)]
+pub struct Transport {
+    builder: tonic::transport::Server,
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl Transport {
+    /// TLS as `security` says (its acceptor built and checked now), and its
+    /// tokens for the check on every call.
+    pub fn new(security: &Security) -> Result<Self, GrpcError> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &security.tls {
+            builder = builder
+                .tls_config(tls_config(tls))
+                .map_err(|error| GrpcError::Tls {
+                    cert: tls.identity.cert.path.display().to_string(),
+                    key: tls.identity.key.path.display().to_string(),
+                    reason: causes(&error),
+                })?;
+        }
+        Ok(Self {
+            builder,
+            tokens: security.tokens.clone(),
+        })
+    }
+}
+
+/// Serves the core on `listener` through `transport` until `stop`
+/// completes, then lets calls in flight finish. Health says NOT_SERVING
+/// until `serving` completes (the core is ready), SERVING after, and
+/// NOT_SERVING again once `stop` has.
 pub async fn serve(
     server: Arc<Server>,
+    transport: Transport,
     listener: TcpListener,
     max_message_bytes: usize,
     serving: impl Future<Output = ()> + Send + 'static,
@@ -91,10 +179,14 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     // Frames are megabytes: HTTP/2's default 64 KiB windows would make a
     // 3 MB frame wait for dozens of window updates.
-    tonic::transport::Server::builder()
+    transport
+        .builder
         .initial_stream_window_size(FLOW_WINDOW)
         .initial_connection_window_size(2 * FLOW_WINDOW)
         .max_frame_size(MAX_FRAME)
+        // One check for every service, health and reflection included
+        // (the layer lets those through itself).
+        .layer(auth::AuthLayer::new(transport.tokens))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

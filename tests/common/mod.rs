@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use loupe::config::{EngineConfig, Limits, ServeConfig};
+use loupe::grpc::client::{self, Connection};
 use loupe::model::{self, Device, FeatureExtractor, ModelConfig};
 use loupe::proto::inspection_client::InspectionClient;
 use loupe::proto::recipes_client::RecipesClient;
@@ -55,6 +56,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         limits: Limits::default(),
         max_batch: loupe::config::DEFAULT_MAX_BATCH,
         shutdown_grace: std::time::Duration::from_secs(5),
+        security: Default::default(),
     }
 }
 
@@ -103,20 +105,7 @@ impl TestServer {
 
     /// Waits, through the health Watch stream, until `service` is SERVING.
     pub async fn wait_serving(&self, service: &str) {
-        let mut health = HealthClient::new(self.channel().await);
-        let mut stream = health
-            .watch(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(status) = stream.message().await.unwrap() {
-            if status.status == ServingStatus::Serving as i32 {
-                return;
-            }
-        }
-        panic!("health stream ended before SERVING");
+        wait_serving_on(client::authorized(self.channel().await, None), service).await;
     }
 
     /// Waits for the server to stop by itself (at most `limit`).
@@ -133,6 +122,25 @@ impl TestServer {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap()
     }
+}
+
+/// Waits, through the health Watch stream on `connection` (a TLS one, say),
+/// until `service` is SERVING.
+pub async fn wait_serving_on(connection: Connection, service: &str) {
+    let mut health = HealthClient::new(connection);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(status) = stream.message().await.unwrap() {
+        if status.status == ServingStatus::Serving as i32 {
+            return;
+        }
+    }
+    panic!("health stream ended before SERVING");
 }
 
 impl Drop for TestServer {
