@@ -5,8 +5,9 @@
 //! single-stream throughput and `InspectStream` throughput with 4 frames in
 //! flight (target: at least 1x), with batching on (the default) and off.
 //! The sides are measured in alternating rounds so that a slow moment of
-//! the machine does not fall on one side only. Needs the ONNX Runtime
-//! set-up.
+//! the machine does not fall on one side only. Last, the p99 latency of
+//! `Inspect` calls while another recipe enrolls 700 good frames, against
+//! the same calls idle (target: at most 3x). Needs the ONNX Runtime set-up.
 //!
 //! Run: `cargo bench --bench service`.
 
@@ -14,15 +15,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use loupe::config::{DEFAULT_MAX_BATCH, EngineConfig, Limits, ServeConfig};
+use loupe::config::DEFAULT_MAX_BATCH;
 use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, RecipeSettings};
 use loupe::imaging::DecodeLimits;
 use loupe::model::{self, Device, ModelConfig};
 use loupe::proto::inspection_client::InspectionClient;
 use loupe::proto::recipes_client::RecipesClient;
-use loupe::proto::{self, AddReferencesRequest, CreateRecipeRequest, InspectRequest, RawImage};
+use loupe::proto::{self, AddReferencesRequest, CreateRecipeRequest, InspectRequest};
 use loupe::runtime::{Lookup, Runtime, load};
-use support::{FRAME, frame, part};
+use support::{FRAME, Loopback, frame, part, raw_frame};
 use tonic::transport::Channel;
 
 const GOODS: u64 = 20;
@@ -31,18 +32,6 @@ const RUNS: usize = 100;
 const ROUNDS: usize = 3;
 /// Frames a stream keeps in flight.
 const IN_FLIGHT: usize = 4;
-
-fn raw_frame(rgb: &[u8]) -> proto::Frame {
-    proto::Frame {
-        image: Some(proto::frame::Image::Raw(RawImage {
-            width: FRAME as u32,
-            height: FRAME as u32,
-            stride: 0,
-            pixel_format: proto::PixelFormat::Rgb8 as i32,
-            data: rgb.to_vec().into(),
-        })),
-    }
-}
 
 fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
     samples.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
@@ -98,49 +87,26 @@ fn bundled_model() -> ModelConfig {
     }
 }
 
+/// Good frames of the enrollment that runs beside inspections.
+const ENROLLED: usize = 700;
+
+fn percentile(mut samples: Vec<Duration>, share: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * share).round() as usize]
+}
+
 /// A server on loopback with a recipe taught the good frames.
 struct Served {
     inspection: InspectionClient<Channel>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<Result<(), loupe::serve::ServeError>>,
-    _data: tempfile::TempDir,
+    recipes: RecipesClient<Channel>,
+    server: Loopback,
 }
 
 impl Served {
     async fn start(runtime: &Runtime, goods: &[Vec<u8>], max_batch: usize) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let config = ServeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data.path().to_path_buf(),
-            engine: EngineConfig {
-                onnxruntime: None,
-                model: bundled_model(),
-            },
-            limits: Limits::default(),
-            max_batch,
-            shutdown_grace: Duration::from_secs(5),
-            security: Default::default(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(loupe::serve::serve(
-            config,
-            runtime.clone(),
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .initial_stream_window_size(loupe::grpc::FLOW_WINDOW)
-            .initial_connection_window_size(2 * loupe::grpc::FLOW_WINDOW)
-            .connect()
-            .await
-            .unwrap();
-        let mut recipes = RecipesClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
-        let inspection = InspectionClient::new(channel).max_encoding_message_size(usize::MAX);
+        let server = Loopback::start(runtime, max_batch).await;
+        let mut recipes = RecipesClient::new(server.channel.clone()).max_encoding_message_size(usize::MAX);
+        let inspection = InspectionClient::new(server.channel.clone()).max_encoding_message_size(usize::MAX);
         recipes
             .create_recipe(CreateRecipeRequest {
                 name: "bench".into(),
@@ -164,9 +130,8 @@ impl Served {
             .unwrap();
         Self {
             inspection,
-            stop,
+            recipes,
             server,
-            _data: data,
         }
     }
 
@@ -213,9 +178,43 @@ impl Served {
         fps
     }
 
+    /// `Inspect` latencies while recipe "other" enrolls `frames`, and the
+    /// enrollment's duration.
+    async fn beside_enrollment(
+        &mut self,
+        request: &InspectRequest,
+        frames: Vec<proto::Frame>,
+    ) -> (Vec<Duration>, Duration) {
+        self.recipes
+            .create_recipe(CreateRecipeRequest {
+                name: "other".into(),
+                settings: None,
+            })
+            .await
+            .unwrap();
+        let messages: Vec<AddReferencesRequest> = frames
+            .into_iter()
+            .map(|frame| AddReferencesRequest {
+                recipe: "other".into(),
+                frame: Some(frame),
+                replace: false,
+                name: String::new(),
+            })
+            .collect();
+        let mut recipes = self.recipes.clone();
+        let started = Instant::now();
+        let enrollment =
+            tokio::spawn(async move { recipes.add_references(tokio_stream::iter(messages)).await });
+        let mut samples = Vec::new();
+        while !enrollment.is_finished() {
+            samples.extend(self.unary(request, 1).await);
+        }
+        enrollment.await.unwrap().unwrap();
+        (samples, started.elapsed())
+    }
+
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.server.await;
+        self.server.stop().await;
     }
 }
 
@@ -264,9 +263,28 @@ fn main() {
             unbatched_fps.push(unbatched.stream(&request, RUNS).await);
         });
     }
-    tokio.block_on(async {
+    // The enrollment's frames as JPEG files, as a camera's would come.
+    let enrolled: Vec<proto::Frame> = goods
+        .iter()
+        .map(|good| {
+            let image = image::RgbImage::from_raw(FRAME as u32, FRAME as u32, good.clone()).unwrap();
+            let mut jpeg = Vec::new();
+            image::DynamicImage::ImageRgb8(image)
+                .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+                .unwrap();
+            proto::Frame {
+                image: Some(proto::frame::Image::Encoded(jpeg.into())),
+            }
+        })
+        .cycle()
+        .take(ENROLLED)
+        .collect();
+    let (idle, during, enrollment) = tokio.block_on(async {
+        let idle = batched.unary(&request, 3 * RUNS).await;
+        let (during, took) = batched.beside_enrollment(&request, enrolled).await;
         batched.stop().await;
         unbatched.stop().await;
+        (idle, during, took)
     });
 
     let (engine_median, client_median) = (median(engine_latency), median(client_latency));
@@ -291,5 +309,16 @@ fn main() {
         "InspectStream with {IN_FLIGHT} in flight and batching off (--max-batch 1): {unbatched_fps:.1} frames/s, \
          ratio {:.2}",
         unbatched_fps / engine_fps
+    );
+    let (idle_p99, during_p99) = (percentile(idle, 0.99), percentile(during.clone(), 0.99));
+    println!(
+        "Inspect p99 while another recipe enrolls {ENROLLED} 1024x1024 JPEG frames ({:.1} s, {} calls): {:.2} ms, \
+         idle {:.2} ms, ratio {:.2} (target <= 3); median during {:.2} ms",
+        enrollment.as_secs_f64(),
+        during.len(),
+        ms(during_p99),
+        ms(idle_p99),
+        ms(during_p99) / ms(idle_p99),
+        ms(median(during))
     );
 }

@@ -75,6 +75,7 @@ pub fn server_config(config: &ServeConfig) -> ServerConfig {
             call_bytes: config.limits.max_reference_bytes,
             recipe_frames: config.limits.max_recipe_frames,
             recipe_bytes: config.limits.max_recipe_bytes,
+            enrollment_bytes: config.limits.max_enrollment_bytes,
         },
     }
 }

@@ -577,3 +577,50 @@ async fn a_heatmap_that_cannot_fit_an_answer_is_refused_before_the_work_and_list
     assert_eq!(masks(full.into_inner()), [mask.len(), 0]);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_enrollment_whose_features_would_pass_the_budget_is_refused_after_one_frame() {
+    // Found by a hostile client: three 1x1 PNGs enrolled into an aligned
+    // 2048x2048 recipe took 1 GiB of memory and 17 s of engine time.
+    let data = tempfile::tempdir().unwrap();
+    let mut config = common::config(data.path());
+    config.limits.max_enrollment_bytes = 64 << 20;
+    let server = TestServer::start(config).await;
+    let (mut recipes, _) = clients(&server).await;
+    recipes
+        .create_recipe(CreateRecipeRequest {
+            name: "huge".into(),
+            settings: Some(RecipeSettings {
+                match_mode: proto::MatchMode::Aligned as i32,
+                input_width: 2048,
+                input_height: 2048,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut dot = Vec::new();
+    image::DynamicImage::new_rgb8(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut dot), image::ImageFormat::Png)
+        .unwrap();
+    let messages = (0..3).map(move |i| proto::AddReferencesRequest {
+        recipe: "huge".into(),
+        frame: Some(Frame {
+            image: Some(proto::frame::Image::Encoded(dot.clone().into())),
+        }),
+        replace: false,
+        name: format!("dot-{i}.png"),
+    });
+    let status = recipes
+        .add_references(tokio_stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("enrolling 3 frames at 2048x2048")
+            && status.message().contains("--max-enrollment-bytes"),
+        "{}",
+        status.message()
+    );
+    server.stop().await.unwrap();
+}

@@ -44,3 +44,79 @@ pub fn frame(rgb: &[u8]) -> FrameData<'_> {
         data: rgb,
     })
 }
+
+/// A `loupe serve` on 127.0.0.1:0 in this process, with a fresh data
+/// folder, stopped by [`Loopback::stop`].
+pub struct Loopback {
+    /// A connected channel with the server's flow-control windows.
+    pub channel: tonic::transport::Channel,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), loupe::serve::ServeError>>,
+    _data: tempfile::TempDir,
+}
+
+impl Loopback {
+    /// Starts the server with the bundled model on 2 threads and `max_batch`.
+    pub async fn start(runtime: &loupe::runtime::Runtime, max_batch: usize) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let config = loupe::config::ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.path().to_path_buf(),
+            engine: loupe::config::EngineConfig {
+                onnxruntime: None,
+                model: loupe::model::ModelConfig {
+                    path: None,
+                    threads: 2,
+                    device: loupe::model::Device::Cpu,
+                },
+            },
+            limits: loupe::config::Limits::default(),
+            max_batch,
+            shutdown_grace: std::time::Duration::from_secs(5),
+            security: Default::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(loupe::serve::serve(
+            config,
+            runtime.clone(),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .initial_stream_window_size(loupe::grpc::FLOW_WINDOW)
+            .initial_connection_window_size(2 * loupe::grpc::FLOW_WINDOW)
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            channel,
+            stop,
+            server,
+            _data: data,
+        }
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+/// A raw 1024 x 1024 RGB8 frame message.
+pub fn raw_frame(rgb: &[u8]) -> loupe::proto::Frame {
+    loupe::proto::Frame {
+        image: Some(loupe::proto::frame::Image::Raw(loupe::proto::RawImage {
+            width: FRAME as u32,
+            height: FRAME as u32,
+            stride: 0,
+            pixel_format: loupe::proto::PixelFormat::Rgb8 as i32,
+            data: rgb.to_vec().into(),
+        })),
+    }
+}

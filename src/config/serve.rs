@@ -64,6 +64,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LOUPE_MAX_REFERENCE_BYTES", default_value_t = 2 << 30)]
     pub max_reference_bytes: u64,
 
+    /// Most bytes the features of one enrollment may hold while its
+    /// reference is built [default: a quarter of the machine's memory]; an
+    /// enrollment above it is refused after its first frame.
+    #[arg(long, env = "LOUPE_MAX_ENROLLMENT_BYTES")]
+    pub max_enrollment_bytes: Option<u64>,
+
     /// Most good frames a recipe stores.
     #[arg(long, env = "LOUPE_MAX_RECIPE_FRAMES", default_value_t = 5000)]
     pub max_recipe_frames: u64,
@@ -137,6 +143,8 @@ pub struct Limits {
     pub max_references: usize,
     /// Most bytes in one AddReferences call.
     pub max_reference_bytes: u64,
+    /// Most bytes one enrollment's features may hold.
+    pub max_enrollment_bytes: u64,
     /// Most good frames per recipe.
     pub max_recipe_frames: u64,
     /// Most bytes of good frames per recipe.
@@ -154,6 +162,7 @@ impl Default for Limits {
             max_decode_bytes: 1 << 30,
             max_references: 1000,
             max_reference_bytes: 2 << 30,
+            max_enrollment_bytes: 4 << 30,
             max_recipe_frames: 5000,
             max_recipe_bytes: 10 << 30,
             max_pending: 64,
@@ -244,7 +253,8 @@ impl ServeArgs {
         at_least("max-message-bytes", self.max_message_bytes as u64, 1024)?;
         at_least("max-frame-pixels", self.max_frame_pixels, 1)?;
         at_least("max-frame-bytes", self.max_frame_bytes, 1024)?;
-        let max_decode_bytes = self.max_decode_bytes.unwrap_or_else(default_decode_budget);
+        let max_decode_bytes = self.max_decode_bytes.unwrap_or_else(quarter_of_memory);
+        let max_enrollment_bytes = self.max_enrollment_bytes.unwrap_or_else(quarter_of_memory);
         if max_decode_bytes < self.max_frame_bytes {
             return Err(ConfigError {
                 flag: "max-decode-bytes",
@@ -274,6 +284,7 @@ impl ServeArgs {
                 max_decode_bytes,
                 max_references: self.max_references,
                 max_reference_bytes: self.max_reference_bytes,
+                max_enrollment_bytes,
                 max_recipe_frames: self.max_recipe_frames,
                 max_recipe_bytes: self.max_recipe_bytes,
                 max_pending: self.max_pending,
@@ -326,7 +337,7 @@ impl ServeArgs {
 
 /// A quarter of the machine's memory (`MemTotal` in /proc/meminfo), or 1 GiB
 /// where that cannot be read; never below the default per-frame limit.
-fn default_decode_budget() -> u64 {
+fn quarter_of_memory() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
         let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -61,6 +61,14 @@ pub struct Features {
     pub gray: Option<Vec<f32>>,
 }
 
+impl Features {
+    /// Bytes an enrollment holds for this image.
+    pub fn held_bytes(&self) -> u64 {
+        let floats = self.data.len() + self.gray.as_ref().map_or(0, Vec::len);
+        (floats * std::mem::size_of::<f32>()) as u64
+    }
+}
+
 /// Good images collected for one recipe, before the reference is built.
 #[derive(Debug, Clone, Default)]
 pub struct Enrollment {
@@ -131,11 +139,27 @@ impl Engine {
         let mut enrollment = Enrollment::new();
         // A size the mode picks from the frame is the first frame's for all.
         let mut sized = settings.clone();
-        for (index, frame) in frames.into_iter().enumerate() {
+        let frames = frames.into_iter();
+        // Exact for the server's and the benchmark's frame lists.
+        let expected = frames.size_hint().1;
+        let mut held = 0u64;
+        for (index, frame) in frames.enumerate() {
             let frame = frame.map_err(|error| EnrollError::Source { index, error })?;
             let features = self
                 .extract(&sized, frame.as_data())
                 .map_err(|source| EnrollError::Frame { index, source })?;
+            let bytes = features.held_bytes();
+            held += bytes;
+            let count = expected.unwrap_or(index + 1).max(index + 1);
+            let projected = (bytes * count as u64).max(held);
+            if projected > self.enrollment_budget {
+                let (width, height) = features.input_size;
+                return Err(EnrollError::Build(EngineError::InvalidSettings(format!(
+                    "enrolling {count} frames at {width}x{height} would hold about {projected} bytes of features, \
+                     more than the enrollment budget of {} bytes (--max-enrollment-bytes); send fewer frames or choose a smaller input size",
+                    self.enrollment_budget
+                ))));
+            }
             if let InputSize::Native(_) = sized.input_rule() {
                 sized = settings.with_input_size(features.input_size.0, features.input_size.1);
             }

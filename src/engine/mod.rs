@@ -209,6 +209,8 @@ pub struct Engine {
     gray: Vec<f32>,
     /// The pixel comparison's map.
     pixel_map: Vec<f32>,
+    /// Most bytes the features of one enrollment may hold.
+    enrollment_budget: u64,
 }
 
 impl Engine {
@@ -233,7 +235,15 @@ impl Engine {
             maps: MapBuilder::default(),
             gray: Vec::new(),
             pixel_map: Vec::new(),
+            enrollment_budget: u64::MAX,
         }
+    }
+
+    /// Caps the bytes one enrollment's features may hold (unlimited by
+    /// default): an enrollment that would pass it is refused after its
+    /// first frame, when the frame count is known.
+    pub fn set_enrollment_budget(&mut self, bytes: u64) {
+        self.enrollment_budget = bytes;
     }
 
     /// The feature model.

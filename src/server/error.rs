@@ -68,6 +68,7 @@ impl From<JobError> for Error {
         match error {
             JobError::Engine(error) => Self::Engine(error),
             JobError::DeadlineExceeded(_) => Self::DeadlineExceeded(error.to_string()),
+            JobError::Panicked(_) => Self::Internal(error.to_string()),
             JobError::Frame { index, source } => Self::ReferenceFrame {
                 index,
                 name: String::new(),

@@ -116,11 +116,29 @@ impl Inspector {
         self.limits
     }
 
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::ResourceExhausted(OVERLOADED.into()))
+    /// A slot for one frame: a unary call gets RESOURCE_EXHAUSTED at once
+    /// when none is free; a stream's frame waits for one (until its
+    /// deadline), and the stream is not read meanwhile, so HTTP/2 flow
+    /// control slows the client down instead of failing its frames.
+    async fn admit(
+        &self,
+        deadline: Option<Instant>,
+        patience: Patience,
+    ) -> Result<OwnedSemaphorePermit, Error> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
+        let wait = self.slots.clone().acquire_owned();
+        let slot = match (patience, deadline) {
+            (Patience::Unary, _) => return Err(Error::ResourceExhausted(OVERLOADED.into())),
+            (Patience::Stream, None) => wait.await,
+            (Patience::Stream, Some(deadline)) => tokio::time::timeout_at(deadline.into(), wait)
+                .await
+                .map_err(|_| {
+                    Error::DeadlineExceeded("the deadline passed while waiting for a free slot".into())
+                })?,
+        };
+        slot.map_err(|_| Error::Unavailable("the server is shutting down".into()))
     }
 
     /// Refuses, before any work, a raw heatmap larger than an answer can be
@@ -272,7 +290,7 @@ impl Server {
             ))
         })?;
         let inspector = &self.inspector;
-        let _slot = inspector.admit()?;
+        let _slot = inspector.admit(deadline, patience).await?;
 
         let limits = inspector.limits;
         let (frame, cost, probed) = blocking(move || {

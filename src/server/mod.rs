@@ -74,6 +74,8 @@ pub struct ReferenceLimits {
     pub recipe_frames: u64,
     /// Most bytes of frames a recipe stores.
     pub recipe_bytes: u64,
+    /// Most bytes one enrollment's features may hold.
+    pub enrollment_bytes: u64,
 }
 
 /// A good frame sent to a recipe.
@@ -213,9 +215,25 @@ impl Server {
         let (ready_tx, ready) = oneshot::channel();
         let (died_tx, died) = oneshot::channel();
         let model_config = config.model.clone();
+        // Enrollment has an engine of its own, on half the threads, so that
+        // inspections of other recipes go on meanwhile.
+        let enroll_config = ModelConfig {
+            threads: (config.model.threads / 2).max(1),
+            ..config.model.clone()
+        };
+        let (enroll_runtime, enroll_source) = (runtime.clone(), source.clone());
+        let enrollment_bytes = config.references.enrollment_bytes;
+        let make_enroller = move || {
+            let model = model::load_source(&enroll_runtime, &enroll_source, &enroll_config)?;
+            tracing::info!(threads = enroll_config.threads, "enrollment engine loaded");
+            let mut engine = Engine::new(model, decode);
+            engine.set_enrollment_budget(enrollment_bytes);
+            Ok(engine)
+        };
         let worker = Worker::spawn(
             config.max_pending,
             config.max_batch,
+            make_enroller,
             move || {
                 let started = Instant::now();
                 let mut model = model::load_source(&runtime, &source, &model_config)?;

@@ -76,6 +76,9 @@ pub enum JobError {
     /// The deadline passed before the work started.
     #[error("the deadline passed after {0:?} in the queue; the frame was not inspected")]
     DeadlineExceeded(Duration),
+    /// The enrollment panicked (a bug); the message says where.
+    #[error("the enrollment failed on a bug: {0}")]
+    Panicked(String),
     /// Enrollment: frame number `index` (0-based) was refused.
     #[error("good frame {index}: {source}")]
     Frame {
@@ -97,11 +100,19 @@ pub enum SubmitError {
     Stopped,
 }
 
-/// A handle to the engine thread.
+/// A handle to the engine threads: one judges frames, one builds
+/// references (at a lower scheduling priority, so inspection comes first).
 #[derive(Debug, Clone)]
 pub struct Worker {
     jobs: SyncSender<Job>,
+    enrollments: SyncSender<Job>,
 }
+
+/// Enrollments waiting beside the one running.
+const ENROLLMENTS_QUEUED: usize = 4;
+
+/// The enrollment thread's nice value: above the inspection thread's 0.
+const ENROLLMENT_NICE: i32 = 10;
 
 impl Worker {
     /// Starts the engine thread with room for `queue` waiting jobs, judging
@@ -110,16 +121,27 @@ impl Worker {
     /// result is sent to `ready`. If the thread panics, the panic's message
     /// is logged and sent to `died`; the jobs it held are answered as if
     /// the engine had stopped, and new ones are refused.
-    pub fn spawn<F>(
+    ///
+    /// `make_enroller` makes the enrollment thread's engine, when the first
+    /// enrollment comes (and again after a panic, which fails only that
+    /// enrollment).
+    pub fn spawn<F, G>(
         queue: usize,
         max_batch: usize,
+        make_enroller: G,
         make_engine: F,
         ready: oneshot::Sender<Result<(), EngineError>>,
         died: oneshot::Sender<String>,
     ) -> Self
     where
         F: FnOnce() -> Result<Engine, EngineError> + Send + 'static,
+        G: Fn() -> Result<Engine, EngineError> + Send + 'static,
     {
+        let (enrollments, waiting) = sync_channel::<Job>(ENROLLMENTS_QUEUED);
+        std::thread::Builder::new()
+            .name("loupe-enroll".into())
+            .spawn(move || run_enrollments(&make_enroller, &waiting))
+            .expect("spawning the enrollment thread; this is a bug or the system is out of threads");
         let (jobs, receiver) = sync_channel::<Job>(queue.max(1));
         let work = move || match make_engine() {
             Ok(engine) => {
@@ -134,25 +156,84 @@ impl Worker {
             .name("loupe-engine".into())
             .spawn(move || {
                 if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|text| (*text).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic without a message".to_owned());
+                    let message = panic_message(panic.as_ref());
                     tracing::error!(cause = %message, "the engine thread panicked");
                     let _ = died.send(message);
                 }
             })
             .expect("spawning the engine thread; this is a bug or the system is out of threads");
-        Self { jobs }
+        Self { jobs, enrollments }
     }
 
     /// Queues a job without waiting.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.jobs.try_send(job).map_err(|error| match error {
+        let queue = match job {
+            Job::Inspect(_) => &self.jobs,
+            Job::Enroll { .. } => &self.enrollments,
+        };
+        queue.try_send(job).map_err(|error| match error {
             TrySendError::Full(_) => SubmitError::Full,
             TrySendError::Disconnected(_) => SubmitError::Stopped,
         })
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// The enrollment thread: one enrollment at a time, at a lower priority
+/// than inspection; its engine is made on the first job.
+fn run_enrollments<G>(make_engine: &G, jobs: &Receiver<Job>)
+where
+    G: Fn() -> Result<Engine, EngineError>,
+{
+    lower_priority();
+    let mut engine: Option<Engine> = None;
+    while let Ok(job) = jobs.recv() {
+        let Job::Enroll {
+            settings,
+            frames,
+            reply,
+        } = job
+        else {
+            continue;
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let engine = match &mut engine {
+                Some(engine) => engine,
+                None => engine.insert(make_engine()?),
+            };
+            enroll(engine, &settings, &frames)
+        }));
+        let answer = outcome.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(cause = %message, "an enrollment panicked; the next one starts a fresh engine");
+            engine = None;
+            Err(JobError::Panicked(message))
+        });
+        let _ = reply.send(answer);
+    }
+    tracing::debug!("enrollment thread stopped");
+}
+
+/// Lowers the calling thread's scheduling priority (Linux keeps a nice value
+/// per thread, and threads it starts inherit it: ONNX Runtime's pool and the
+/// search's threads).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads no memory of ours; gettid names this thread.
+        let result =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, ENROLLMENT_NICE) };
+        if result != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the enrollment thread's priority");
+        }
     }
 }
 
