@@ -74,12 +74,21 @@ async fn enroll(
 /// One stream call of `STREAM_FRAMES` frames with `IN_FLIGHT` outstanding;
 /// returns the frames judged and the unexpected errors.
 async fn stream_once(inspection: &mut InspectionClient<Channel>, frame: &loupe::proto::Frame) -> (u64, u64) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<InspectRequest>(IN_FLIGHT);
+    let (tx, rx) = tokio::sync::mpsc::channel::<InspectRequest>(1);
+    // A frame is sent only while fewer than IN_FLIGHT answers are due.
+    let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let frame = frame.clone();
-    let feeder = tokio::spawn(async move {
-        for i in 0..STREAM_FRAMES {
-            if tx.send(request("line", &frame, i.to_string())).await.is_err() {
-                return;
+    let feeder = tokio::spawn({
+        let window = window.clone();
+        async move {
+            for i in 0..STREAM_FRAMES {
+                let Ok(permit) = window.acquire().await else {
+                    return;
+                };
+                permit.forget();
+                if tx.send(request("line", &frame, i.to_string())).await.is_err() {
+                    return;
+                }
             }
         }
     });
@@ -91,7 +100,9 @@ async fn stream_once(inspection: &mut InspectionClient<Channel>, frame: &loupe::
         Ok(answers) => {
             let mut answers = answers.into_inner();
             loop {
-                match answers.message().await {
+                let answer = answers.message().await;
+                window.add_permits(1);
+                match answer {
                     Ok(Some(answer)) if answer.error.is_none() => judged += 1,
                     Ok(Some(answer)) => {
                         eprintln!("stream frame error: {:?}", answer.error);
@@ -111,6 +122,7 @@ async fn stream_once(inspection: &mut InspectionClient<Channel>, frame: &loupe::
             errors += 1;
         }
     }
+    window.close();
     let _ = feeder.await;
     (judged, errors)
 }

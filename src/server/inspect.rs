@@ -61,6 +61,20 @@ impl ImagePool {
     }
 }
 
+/// Slots of `max_pending` that streams may hold: three quarters, and at
+/// least one.
+fn stream_share(max_pending: usize) -> usize {
+    (max_pending * 3 / 4).max(1)
+}
+
+/// A frame's admission: its slot and, for a stream's frame, its share of
+/// the stream slots; both are held until the frame is answered.
+#[derive(Debug)]
+struct Slot {
+    _slot: OwnedSemaphorePermit,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
 /// The budget's unit: permits are KiB, so one frame's share fits a `u32`.
 const BUDGET_UNIT: u64 = 1024;
 
@@ -80,6 +94,9 @@ enum Patience {
 pub(super) struct Inspector {
     limits: DecodeLimits,
     slots: Arc<Semaphore>,
+    /// The share of `slots` streams may hold, so that waiting streams never
+    /// starve unary calls of every slot.
+    stream_slots: Arc<Semaphore>,
     budget: Arc<Semaphore>,
     budget_bytes: u64,
     max_response_bytes: usize,
@@ -104,6 +121,7 @@ impl Inspector {
         Self {
             limits,
             slots: Arc::new(Semaphore::new(max_pending)),
+            stream_slots: Arc::new(Semaphore::new(stream_share(max_pending))),
             budget: Arc::new(Semaphore::new(units)),
             budget_bytes: budget,
             max_response_bytes,
@@ -120,19 +138,30 @@ impl Inspector {
     /// when none is free; a stream's frame waits for one (until its
     /// deadline), and the stream is not read meanwhile, so HTTP/2 flow
     /// control slows the client down instead of failing its frames.
-    async fn admit(
-        &self,
-        deadline: Option<Instant>,
-        patience: Patience,
-    ) -> Result<OwnedSemaphorePermit, Error> {
-        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            return Ok(slot);
+    ///
+    /// Streams hold at most [`stream_share`] of the slots, so unary calls
+    /// always find room beside them.
+    async fn admit(&self, deadline: Option<Instant>, patience: Patience) -> Result<Slot, Error> {
+        if patience == Patience::Unary {
+            let slot = self.slots.clone().try_acquire_owned();
+            return slot
+                .map(|slot| Slot {
+                    _slot: slot,
+                    _share: None,
+                })
+                .map_err(|_| Error::ResourceExhausted(OVERLOADED.into()));
         }
-        let wait = self.slots.clone().acquire_owned();
-        let slot = match (patience, deadline) {
-            (Patience::Unary, _) => return Err(Error::ResourceExhausted(OVERLOADED.into())),
-            (Patience::Stream, None) => wait.await,
-            (Patience::Stream, Some(deadline)) => tokio::time::timeout_at(deadline.into(), wait)
+        let wait = async {
+            let share = self.stream_slots.clone().acquire_owned().await?;
+            let slot = self.slots.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>(Slot {
+                _slot: slot,
+                _share: Some(share),
+            })
+        };
+        let slot = match deadline {
+            None => wait.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), wait)
                 .await
                 .map_err(|_| {
                     Error::DeadlineExceeded("the deadline passed while waiting for a free slot".into())
