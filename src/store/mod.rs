@@ -3,7 +3,7 @@
 //! it was built from (`frames/`, so a settings change can rebuild it).
 //! Every write goes through [`atomic::write`], so a crash mid-write leaves
 //! the previous version intact. One server at a time uses a data folder (a
-//! lock file); at start-up it clears what a crash can leave behind:
+//! lock on the folder itself); at start-up it clears what a crash can leave behind:
 //! temporary files, half-deleted and half-created recipe folders, and files
 //! no recipe names.
 
@@ -23,9 +23,6 @@ use crate::reference::{self, Reference};
 
 /// Longest recipe name.
 pub const MAX_NAME_LEN: usize = 64;
-
-/// The lock file in the data folder, held while a server uses it.
-pub const LOCK_FILE: &str = "loupe.lock";
 
 /// Prefix of a recipe folder being deleted.
 const DELETED_PREFIX: &str = ".deleted-";
@@ -55,7 +52,7 @@ pub enum StoreError {
     #[error(transparent)]
     Reference(#[from] reference::ReferenceError),
     /// Another process holds the data folder's lock.
-    #[error("another Loupe server uses the data folder {}: its lock {} is held; stop that server or pass another --data-dir", .folder.display(), .folder.join(LOCK_FILE).display())]
+    #[error("another Loupe server uses the data folder {} (it holds the folder's lock); stop that server or pass another --data-dir", .folder.display())]
     Locked {
         /// The data folder.
         folder: PathBuf,
@@ -199,13 +196,9 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let root = data_dir.join("recipes");
         fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
-        let lock_path = data_dir.join(LOCK_FILE);
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("cannot open", &lock_path))?;
+        // The folder itself is locked (flock on its handle): no lock file
+        // to create, so a read-only data folder still serves its recipes.
+        let lock = fs::File::open(data_dir).map_err(io("cannot open", data_dir))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -214,7 +207,7 @@ impl Store {
                 });
             }
             Err(fs::TryLockError::Error(error)) => {
-                return Err(StoreError::io("cannot lock", &lock_path, error));
+                return Err(StoreError::io("cannot lock", data_dir, error));
             }
         }
         let store = Self {
