@@ -110,3 +110,71 @@ async fn reflection_answers_in_v1_and_in_v1alpha() {
     );
     server.stop().await.unwrap();
 }
+
+/// Mask PNGs are decoded off the async runtime (issue 12, finding 5: three
+/// `CreateRecipe` calls with large masks once stalled health checks for
+/// seconds). The server shares the test's one runtime thread with the
+/// health checks, so any decode left on the runtime stalls them (4.8 s of
+/// 4.9 s when the check ran on it).
+#[tokio::test]
+async fn health_answers_while_large_masks_are_decoded() {
+    use loupe::proto::recipes_client::RecipesClient;
+    use loupe::proto::{CreateRecipeRequest, RecipeSettings};
+    use std::time::{Duration, Instant};
+
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    server.wait_serving("").await;
+
+    // 49 Mpx of white: 50 KB on the wire, a few hundred milliseconds to
+    // decode and scale.
+    let mut mask = Vec::new();
+    image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(7000, 7000, image::Luma([255])))
+        .write_to(&mut std::io::Cursor::new(&mut mask), image::ImageFormat::Png)
+        .unwrap();
+    let channel = server.channel().await;
+    let started = Instant::now();
+    let creates: Vec<_> = (0..4)
+        .map(|i| {
+            let (mut recipes, mask) = (RecipesClient::new(channel.clone()), mask.clone());
+            tokio::spawn(async move {
+                recipes
+                    .create_recipe(CreateRecipeRequest {
+                        name: format!("masked-{i}"),
+                        settings: Some(RecipeSettings {
+                            mask_png: mask.into(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+            })
+        })
+        .collect();
+
+    let mut health = HealthClient::new(server.channel().await);
+    let mut worst = Duration::ZERO;
+    while !creates.iter().all(|create| create.is_finished()) {
+        let asked = Instant::now();
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        worst = worst.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let busy = started.elapsed();
+    for create in creates {
+        create.await.unwrap().unwrap();
+    }
+    assert!(
+        busy >= Duration::from_millis(200),
+        "the masks took {busy:?}: too quick to show a stall, use larger ones"
+    );
+    assert!(
+        worst < busy / 4,
+        "a health check waited {worst:?} while the masks were decoded for {busy:?}"
+    );
+    server.stop().await.unwrap();
+}
