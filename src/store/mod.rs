@@ -126,8 +126,8 @@ pub struct RecipeRecord {
     pub first_frame: u32,
     /// Good frames stored in `frames/`, numbered from `first_frame`.
     pub frame_count: u32,
-    /// Their bytes as the clients sent them (0 in records written before
-    /// Loupe counted them).
+    /// Their bytes as the clients sent them (absent in records written
+    /// before Loupe counted them: loading takes their sizes on disk).
     #[serde(default)]
     pub frame_bytes: u64,
     /// The reference file in force, if the recipe has one.
@@ -287,10 +287,11 @@ impl Store {
     fn load(&self, name: &str) -> Result<StoredRecipe, StoreError> {
         let path = self.dir(name).join("recipe.json");
         let text = fs::read(&path).map_err(io("cannot read", &path))?;
-        let record: RecipeRecord = serde_json::from_slice(&text).map_err(|error| StoreError::Damaged {
-            path: path.clone(),
-            reason: error.to_string(),
-        })?;
+        let mut record: RecipeRecord =
+            serde_json::from_slice(&text).map_err(|error| StoreError::Damaged {
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
         if record.name != name {
             return Err(StoreError::Damaged {
                 path,
@@ -307,11 +308,25 @@ impl Store {
             }
             None => None,
         };
+        if record.frame_bytes == 0 && record.frame_count > 0 {
+            record.frame_bytes = self.stored_frame_bytes(&record);
+        }
         // Files of a change that did not reach its commit point.
         if let Err(error) = self.prune(&record) {
             tracing::warn!(recipe = %name, %error, "cannot remove files no revision uses");
         }
         Ok(StoredRecipe { record, reference })
+    }
+
+    /// A record from before Loupe counted frame bytes: its frames' sizes on
+    /// disk (a raw frame's 21-byte header included, so the per-recipe cap
+    /// errs towards counting more). A missing file counts 0; loading the
+    /// frame later reports it.
+    fn stored_frame_bytes(&self, record: &RecipeRecord) -> u64 {
+        (record.first_frame..record.first_frame.saturating_add(record.frame_count))
+            .filter_map(|index| fs::metadata(self.frame_path(&record.name, index)).ok())
+            .map(|metadata| metadata.len())
+            .sum()
     }
 
     /// Whether a recipe folder exists.
@@ -466,6 +481,7 @@ mod tests {
         let frame = OwnedFrame::Encoded(bytes::Bytes::from_static(b"frame zero"));
         store.save_frame("part", 0, &frame).unwrap();
         record.frame_count = 1;
+        record.frame_bytes = 10;
         record.touch();
         store.save_record(&record).unwrap();
 
@@ -479,6 +495,28 @@ mod tests {
         store.delete("part").unwrap();
         assert!(!store.exists("part"));
         assert!(store.load_all().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_record_from_before_frame_bytes_were_counted_gets_them_from_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut record = RecipeRecord::new("old".into(), RecipeSettings::default());
+        store.save_record(&record).unwrap();
+        for (index, bytes) in [&b"frame zero"[..], &b"frame one!!"[..]].into_iter().enumerate() {
+            let frame = OwnedFrame::Encoded(bytes::Bytes::copy_from_slice(bytes));
+            store.save_frame("old", index as u32, &frame).unwrap();
+        }
+        record.frame_count = 2;
+        record.touch();
+        // As such a record was written: no frame_bytes field at all.
+        let mut json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        json.as_object_mut().unwrap().remove("frame_bytes");
+        let path = store.dir("old").join("recipe.json");
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+
+        let (loaded, _) = store.load_all().unwrap();
+        assert_eq!(loaded[0].record.frame_bytes, 10 + 11);
     }
 
     #[test]
