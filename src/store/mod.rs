@@ -472,12 +472,18 @@ mod tests {
         assert!(validate_name("ä").is_err());
     }
 
-    #[test]
-    fn records_frames_and_deletion_round_trip() {
+    /// A store in a temporary folder holding one new recipe `name`.
+    fn store_with_recipe(name: &str) -> (tempfile::TempDir, Store, RecipeRecord) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut record = RecipeRecord::new("part".into(), RecipeSettings::default());
+        let record = RecipeRecord::new(name.into(), RecipeSettings::default());
         store.save_record(&record).unwrap();
+        (dir, store, record)
+    }
+
+    #[test]
+    fn records_frames_and_deletion_round_trip() {
+        let (_dir, store, mut record) = store_with_recipe("part");
         let frame = OwnedFrame::Encoded(bytes::Bytes::from_static(b"frame zero"));
         store.save_frame("part", 0, &frame).unwrap();
         record.frame_count = 1;
@@ -499,10 +505,7 @@ mod tests {
 
     #[test]
     fn a_record_from_before_frame_bytes_were_counted_gets_them_from_its_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut record = RecipeRecord::new("old".into(), RecipeSettings::default());
-        store.save_record(&record).unwrap();
+        let (_dir, store, mut record) = store_with_recipe("old");
         for (index, bytes) in [&b"frame zero"[..], &b"frame one!!"[..]].into_iter().enumerate() {
             let frame = OwnedFrame::Encoded(bytes::Bytes::copy_from_slice(bytes));
             store.save_frame("old", index as u32, &frame).unwrap();
