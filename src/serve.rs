@@ -167,7 +167,11 @@ pub async fn serve_with_events(
         server,
         transport,
         listener,
-        config.limits.max_message_bytes,
+        grpc::Bounds {
+            max_message_bytes: config.limits.max_message_bytes,
+            max_connections: config.limits.max_connections,
+            max_receive_bytes: config.limits.max_receive_bytes,
+        },
         serving,
         stop,
     );

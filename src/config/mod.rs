@@ -254,6 +254,8 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("loupe-data"));
         assert_eq!(config.limits.max_message_bytes, 64 << 20);
+        assert_eq!(config.limits.max_connections, 256);
+        assert!(config.limits.max_receive_bytes >= config.limits.max_message_bytes as u64);
         assert!(config.engine.model.threads >= 1);
         assert!(config.engine.model.path.is_none());
         assert_eq!(config.engine.model.device, crate::model::Device::Cpu);
@@ -296,6 +298,20 @@ mod tests {
                 .unwrap_err()
                 .contains("at least 1024")
         );
+        assert!(
+            serve(&["--max-connections", "0"])
+                .unwrap_err()
+                .contains("--max-connections")
+        );
+        let error = serve(&["--max-message-bytes", "2000000", "--max-receive-bytes", "1000000"]).unwrap_err();
+        assert!(
+            error.contains("--max-receive-bytes") && error.contains("below --max-message-bytes 2000000"),
+            "{error}"
+        );
+        let config = serve(&["--max-connections", "2", "--max-receive-bytes", "3000000"]).unwrap_err();
+        assert!(config.contains("below --max-message-bytes"), "{config}");
+        let config = serve(&["--max-message-bytes", "2000000", "--max-receive-bytes", "3000000"]).unwrap();
+        assert_eq!(config.limits.max_receive_bytes, 3_000_000);
     }
 
     fn client(args: &[&str]) -> Result<ClientConfig, String> {
