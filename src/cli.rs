@@ -2,7 +2,7 @@
 //! same gRPC API an integrator uses, so the service can be tried without
 //! writing code.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -22,11 +22,12 @@ fn status(error: tonic::Status) -> anyhow::Error {
 fn print_recipe(recipe: &proto::Recipe) {
     let settings = settings_from_proto(recipe.settings.clone()).unwrap_or_default();
     println!(
-        "{}  revision {}  references {}  threshold {:.4}  input {}  mode {}",
+        "{}  revision {}  references {}  threshold {:.4} ({})  input {}  mode {}",
         recipe.name,
         recipe.revision,
         recipe.reference_count,
         recipe.threshold,
+        threshold_source(&settings, recipe.calibration.is_some()),
         settings.input_rule(),
         settings.match_mode
     );
@@ -36,15 +37,54 @@ fn print_recipe(recipe: &proto::Recipe) {
             recipe.status_reason, recipe.name
         );
     }
+}
+
+/// Where the threshold in force comes from.
+fn threshold_source(settings: &RecipeSettings, calibrated: bool) -> String {
+    match (settings.threshold, calibrated) {
+        (Some(_), _) => "fixed".into(),
+        (None, false) => "none yet: add good frames".into(),
+        (None, true) if settings.sensitivity == 1.0 => "calibrated".into(),
+        (None, true) => format!("calibrated, scaled by sensitivity {}", settings.sensitivity),
+    }
+}
+
+/// `recipe show`: every setting and the calibration basis.
+fn show_recipe(recipe: &proto::Recipe) {
+    print_recipe(recipe);
+    let s = settings_from_proto(recipe.settings.clone()).unwrap_or_default();
+    let roi = s.roi.map_or("the whole frame".into(), |r| {
+        format!("{},{},{},{}", r.x, r.y, r.width, r.height)
+    });
+    let mask = match s.mask_png.len() {
+        0 => "none".into(),
+        bytes => format!("a {bytes}-byte PNG"),
+    };
+    let threshold = s.threshold.map_or("unset (calibrated)".into(), |t| t.to_string());
+    for (name, value) in [
+        ("match_mode", s.match_mode.to_string()),
+        ("input size", s.input_rule().to_string()),
+        ("keep_aspect", s.keep_aspect.to_string()),
+        ("neighborhood", s.neighborhood.to_string()),
+        ("reference_size", s.reference_size.to_string()),
+        ("min_region_area", s.min_region_area.to_string()),
+        ("roi", roi),
+        ("mask", mask),
+        ("threshold", threshold),
+        ("sensitivity", s.sensitivity.to_string()),
+        ("target_false_reject_rate", s.target_false_reject_rate.to_string()),
+    ] {
+        println!("    {name:<26}{value}");
+    }
     if let Some(calibration) = &recipe.calibration {
         let expected = calibration
             .expected_false_reject_rate
             .map_or("no rate can be stated".to_owned(), |rate| {
                 format!("expected false rejects at most {:.2} %", 100.0 * rate)
             });
-        let in_force = match settings.threshold {
+        let in_force = match s.threshold {
             Some(fixed) => format!("not in force: the settings fix the threshold at {fixed}"),
-            None => format!("sensitivity {}", settings.sensitivity),
+            None => format!("in force divided by sensitivity {}", s.sensitivity),
         };
         println!(
             "    calibrated threshold {:.4} from {} good-frame scores ({}), target false rejects {:.2} %, {expected}; {in_force}",
@@ -119,7 +159,7 @@ pub async fn recipe(server: &ClientConfig, action: RecipeAction) -> Result<()> {
                 let settings = settings_from_proto(recipe.settings)?;
                 println!("{}", serde_json::to_string_pretty(&settings)?);
             } else {
-                print_recipe(&recipe);
+                show_recipe(&recipe);
             }
         }
         RecipeAction::Delete { name } => {
@@ -129,24 +169,72 @@ pub async fn recipe(server: &ClientConfig, action: RecipeAction) -> Result<()> {
                 .map_err(status)?;
             println!("deleted {name}");
         }
-        RecipeAction::AddRefs { name, files, replace } => {
-            let mut messages = Vec::with_capacity(files.len());
-            for (index, file) in files.iter().enumerate() {
-                messages.push(proto::AddReferencesRequest {
-                    recipe: if index == 0 { name.clone() } else { String::new() },
-                    frame: Some(read_frame(file)?),
-                    replace: index == 0 && replace,
-                    name: file.display().to_string(),
-                });
+        RecipeAction::AddRefs {
+            name,
+            files,
+            replace,
+            skip_bad,
+        } => {
+            let mut frames = Vec::with_capacity(files.len());
+            for file in files {
+                match read_frame(&file) {
+                    Ok(frame) => frames.push((file, frame)),
+                    Err(error) if skip_bad => eprintln!("skipped {}: {error:#}", file.display()),
+                    Err(error) => return Err(error),
+                }
             }
-            let recipe = client
-                .add_references(tokio_stream::iter(messages))
-                .await
-                .map_err(status)?;
-            print_recipe(recipe.get_ref());
+            let recipe = add_references(&mut client, &name, frames, replace, skip_bad).await?;
+            print_recipe(&recipe);
         }
     }
     Ok(())
+}
+
+/// Sends `frames` in one AddReferences call; with `skip_bad`, a frame the
+/// server refuses (named by [`crate::grpc::FRAME_INDEX_METADATA`]) is left out
+/// and the others are sent again.
+async fn add_references(
+    client: &mut RecipesClient<client::Connection>,
+    name: &str,
+    mut frames: Vec<(PathBuf, proto::Frame)>,
+    replace: bool,
+    skip_bad: bool,
+) -> Result<proto::Recipe> {
+    loop {
+        if frames.is_empty() {
+            bail!("no good frame left to send");
+        }
+        let messages: Vec<proto::AddReferencesRequest> = frames
+            .iter()
+            .enumerate()
+            .map(|(index, (file, frame))| proto::AddReferencesRequest {
+                recipe: if index == 0 {
+                    name.to_owned()
+                } else {
+                    String::new()
+                },
+                frame: Some(frame.clone()),
+                replace: index == 0 && replace,
+                name: file.display().to_string(),
+            })
+            .collect();
+        let error = match client.add_references(tokio_stream::iter(messages)).await {
+            Ok(recipe) => return Ok(recipe.into_inner()),
+            Err(error) => error,
+        };
+        let bad = error
+            .metadata()
+            .get(crate::grpc::FRAME_INDEX_METADATA)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok())
+            .filter(|&index| index < frames.len());
+        match bad {
+            Some(index) if skip_bad => {
+                let (file, _) = frames.remove(index);
+                eprintln!("skipped {}: {}", file.display(), error.message());
+            }
+            _ => return Err(status(error)),
+        }
+    }
 }
 
 fn read_frame(file: &Path) -> Result<proto::Frame> {
@@ -154,77 +242,198 @@ fn read_frame(file: &Path) -> Result<proto::Frame> {
     Ok(encoded_frame(bytes))
 }
 
-/// Runs `loupe inspect` on the server `server` resolves to.
-pub async fn inspect(server: &ClientConfig, args: InspectArgs) -> Result<()> {
+/// How `loupe inspect` went, which decides its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InspectOutcome {
+    /// Every part passed (exit 0).
+    AllPassed,
+    /// At least one part failed (exit 1).
+    SomeFailed,
+    /// At least one file could not be inspected (exit 2).
+    Errors,
+}
+
+/// Runs `loupe inspect` on the server `server` resolves to: every file,
+/// even after one that could not be inspected.
+pub async fn inspect(server: &ClientConfig, args: InspectArgs) -> Result<InspectOutcome> {
     let mut client = InspectionClient::new(client::connect(server).await?)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    if let Some(dir) = &args.heatmap {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut failures = 0;
+    let mut heatmaps = args.heatmap.as_deref().map(HeatmapNames::new);
+    let (mut failed, mut errors) = (0, 0);
     for file in &args.files {
         let heatmap = args.heatmap.as_ref().map(|_| proto::HeatmapOptions {
             format: proto::HeatmapFormat::OverlayPng as i32,
             max_size: 0,
         });
-        let request = proto::InspectRequest {
-            recipe: args.recipe.clone(),
-            frame: Some(read_frame(file)?),
-            frame_id: file.display().to_string(),
-            heatmap,
+        let answer = match read_frame(file) {
+            Ok(frame) => {
+                let request = proto::InspectRequest {
+                    recipe: args.recipe.clone(),
+                    frame: Some(frame),
+                    frame_id: file.display().to_string(),
+                    heatmap,
+                };
+                client
+                    .inspect(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(status)
+            }
+            Err(error) => Err(error),
         };
-        let response = match client.inspect(request).await {
-            Ok(response) => response.into_inner(),
+        let response = match answer {
+            Ok(response) => response,
             Err(error) => {
-                println!("{}: ERROR {}", file.display(), status(error));
-                failures += 1;
+                errors += 1;
+                if args.json {
+                    let line = serde_json::json!({ "file": file.display().to_string(), "error": format!("{error:#}") });
+                    println!("{line}");
+                } else {
+                    println!("{}: ERROR {error:#}", file.display());
+                }
                 continue;
             }
         };
-        let verdict = if response.verdict == proto::Verdict::Fail as i32 {
-            "FAIL"
-        } else {
-            "PASS"
+        let fail = response.verdict == proto::Verdict::Fail as i32;
+        failed += usize::from(fail);
+        let overlay = match (&mut heatmaps, &response.heatmap) {
+            (Some(names), Some(heatmap)) => Some(names.write(file, &heatmap.data)?),
+            _ => None,
         };
-        let total_ms = response
-            .timings
-            .as_ref()
-            .map_or(0.0, |t| t.total_us as f64 / 1000.0);
+        if args.json {
+            println!("{}", verdict_json(file, &response, overlay.as_deref()));
+        } else {
+            print_verdict(file, &response, fail);
+        }
+    }
+    Ok(match (errors, failed) {
+        (0, 0) => InspectOutcome::AllPassed,
+        (0, _) => InspectOutcome::SomeFailed,
+        _ => InspectOutcome::Errors,
+    })
+}
+
+fn print_verdict(file: &Path, response: &proto::InspectResponse, fail: bool) {
+    let total_ms = response
+        .timings
+        .as_ref()
+        .map_or(0.0, |t| t.total_us as f64 / 1000.0);
+    println!(
+        "{}: {} score {:.4} ({:.2} x threshold {:.4}) {} region(s) {total_ms:.1} ms",
+        file.display(),
+        if fail { "FAIL" } else { "PASS" },
+        response.score,
+        response.normalized_score,
+        response.threshold,
+        response.regions.len()
+    );
+    for region in &response.regions {
         println!(
-            "{}: {verdict} score {:.4} ({:.2} x threshold {:.4}) {} region(s) {total_ms:.1} ms",
-            file.display(),
-            response.score,
-            response.normalized_score,
-            response.threshold,
-            response.regions.len()
-        );
-        for region in &response.regions {
-            println!(
-                "    region x {} y {} {}x{} area {} max {:.4} mean {:.4}",
-                region.x,
-                region.y,
-                region.width,
-                region.height,
-                region.area,
-                region.max_score,
-                region.mean_score
-            );
-        }
-        if let (Some(dir), Some(heatmap)) = (&args.heatmap, &response.heatmap) {
-            let stem = file
-                .file_stem()
-                .map_or("frame".into(), |s| s.to_string_lossy().into_owned());
-            let path = dir.join(format!("{stem}.overlay.png"));
-            std::fs::write(&path, &heatmap.data)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-    }
-    if failures > 0 {
-        bail!(
-            "{failures} of {} file(s) could not be inspected",
-            args.files.len()
+            "    region x {} y {} {}x{} area {} max {:.4} mean {:.4}",
+            region.x, region.y, region.width, region.height, region.area, region.max_score, region.mean_score
         );
     }
-    Ok(())
+}
+
+/// One line of `--json`: the API's fields of the answer, by their proto
+/// names.
+fn verdict_json(file: &Path, response: &proto::InspectResponse, overlay: Option<&Path>) -> serde_json::Value {
+    let verdict =
+        proto::Verdict::try_from(response.verdict).map_or("VERDICT_UNSPECIFIED", |v| v.as_str_name());
+    let regions: Vec<serde_json::Value> = response
+        .regions
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "x": r.x, "y": r.y, "width": r.width, "height": r.height,
+                "area": r.area, "max_score": r.max_score, "mean_score": r.mean_score,
+            })
+        })
+        .collect();
+    let timings = response.timings.as_ref().map(|t| {
+        serde_json::json!({
+            "decode_us": t.decode_us, "queue_us": t.queue_us, "preprocess_us": t.preprocess_us,
+            "inference_us": t.inference_us, "postprocess_us": t.postprocess_us, "total_us": t.total_us,
+        })
+    });
+    serde_json::json!({
+        "file": file.display().to_string(),
+        "frame_id": response.frame_id,
+        "verdict": verdict,
+        "score": response.score,
+        "threshold": response.threshold,
+        "normalized_score": response.normalized_score,
+        "recipe_revision": response.recipe_revision,
+        "regions": regions,
+        "timings": timings,
+        "overlay": overlay.map(|path| path.display().to_string()),
+    })
+}
+
+/// Heatmap file names under `--heatmap DIR`: the input's relative path with
+/// `.overlay.png` for its extension, and the extension kept where two
+/// inputs would otherwise share a name (`a.png`, `a.jpg`).
+#[derive(Debug)]
+struct HeatmapNames {
+    dir: PathBuf,
+    used: std::collections::HashSet<PathBuf>,
+}
+
+impl HeatmapNames {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            used: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The name for `input`: unique in this run, and inside the folder
+    /// whatever the input's path (`..` and roots are dropped).
+    fn name(&mut self, input: &Path) -> PathBuf {
+        use std::path::Component;
+        let parts: PathBuf = input
+            .components()
+            .filter_map(|part| match part {
+                Component::Normal(name) => Some(name),
+                _ => None,
+            })
+            .collect();
+        let stem = parts.with_extension("overlay.png");
+        let name = if self.used.contains(&stem) {
+            let mut whole = parts.into_os_string();
+            whole.push(".overlay.png");
+            PathBuf::from(whole)
+        } else {
+            stem
+        };
+        self.used.insert(name.clone());
+        self.dir.join(name)
+    }
+
+    /// Writes `png` for `input`; returns where.
+    fn write(&mut self, input: &Path, png: &[u8]) -> Result<PathBuf> {
+        let path = self.name(input);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heatmap_names_are_unique_for_inputs_of_one_stem() {
+        let mut names = HeatmapNames::new(Path::new("/out"));
+        let mut name = |input: &str| names.name(Path::new(input)).display().to_string();
+        assert_eq!(name("good/000.png"), "/out/good/000.overlay.png");
+        assert_eq!(name("crack/000.png"), "/out/crack/000.overlay.png");
+        assert_eq!(name("crack/000.jpg"), "/out/crack/000.jpg.overlay.png");
+        assert_eq!(name("../parts/000.png"), "/out/parts/000.overlay.png");
+        assert_eq!(name("/abs/000.png"), "/out/abs/000.overlay.png");
+    }
 }

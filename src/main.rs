@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             .server
             .resolve()
             .map_err(setup)
-            .and_then(|server| client(loupe::cli::inspect(&server, args))),
+            .and_then(|server| inspect(&server, args)),
         Command::Bench(args) => bench(&args),
     };
     match result {
@@ -46,6 +46,20 @@ fn main() -> ExitCode {
             eprintln!("loupe: {error:#}");
             ExitCode::FAILURE
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
+    }
+}
+
+/// `loupe inspect`: 0 when every part passed, 1 when any failed, 2 when a
+/// file could not be inspected or the command could not run.
+fn inspect(server: &loupe::config::ClientConfig, args: loupe::config::InspectArgs) -> Result<(), Failure> {
+    use loupe::cli::InspectOutcome;
+    match client(loupe::cli::inspect(server, args)) {
+        Ok(InspectOutcome::AllPassed) => Ok(()),
+        Ok(InspectOutcome::SomeFailed) => Err(Failure::Exit(1)),
+        Ok(InspectOutcome::Errors) => Err(Failure::Exit(EXIT_SETUP)),
+        Err(Failure::Other(error)) => Err(Failure::Setup(format!("{error:#}"))),
+        Err(other) => Err(other),
     }
 }
 
@@ -55,6 +69,8 @@ enum Failure {
     Setup(String),
     /// Anything else: exit 1.
     Other(anyhow::Error),
+    /// An outcome the command has already reported: this code, no message.
+    Exit(u8),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -79,7 +95,7 @@ fn init_logging(filter: &str) {
 }
 
 /// Runs a client command on a small async runtime.
-fn client(command: impl Future<Output = anyhow::Result<()>>) -> Result<(), Failure> {
+fn client<T>(command: impl Future<Output = anyhow::Result<T>>) -> Result<T, Failure> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

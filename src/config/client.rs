@@ -257,6 +257,10 @@ pub enum RecipeAction {
         /// Start the reference afresh instead of adding to it.
         #[arg(long, env = "LOUPE_REPLACE")]
         replace: bool,
+        /// Leave out files that cannot be read or that the server refuses
+        /// (each named on stderr) and enroll the others.
+        #[arg(long, env = "LOUPE_SKIP_BAD")]
+        skip_bad: bool,
     },
 }
 
@@ -274,7 +278,14 @@ pub struct InspectArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 
-    /// Write a heatmap overlay PNG per file into this folder.
+    /// Write a heatmap overlay PNG per file into this folder, at the
+    /// file's relative path (`good/000.png` becomes
+    /// `DIR/good/000.overlay.png`), so no two inputs share one.
     #[arg(long, env = "LOUPE_HEATMAP_DIR", value_name = "DIR")]
     pub heatmap: Option<PathBuf>,
+
+    /// Print one JSON object a line per file (the API's fields) instead of
+    /// text.
+    #[arg(long, env = "LOUPE_JSON")]
+    pub json: bool,
 }

@@ -45,6 +45,8 @@ pub enum Command {
     /// Manages recipes on a running server.
     Recipe(RecipeArgs),
     /// Inspects image files on a running server and prints the verdicts.
+    /// Exits 0 when every part passed, 1 when any failed, 2 when a file
+    /// could not be inspected (or on any other error).
     Inspect(InspectArgs),
     /// Benchmarks a recipe on a folder of images (MVTec AD layout or golden
     /// pairs): AUROC, F1, false-reject and escape rates, pixel AUROC, AUPRO,

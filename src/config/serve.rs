@@ -103,7 +103,13 @@ pub struct ServeArgs {
     pub max_batch: usize,
 
     /// Seconds to let in-flight requests finish after SIGINT or SIGTERM.
-    #[arg(long, env = "LOUPE_SHUTDOWN_GRACE", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "LOUPE_SHUTDOWN_GRACE",
+        default_value_t = 10,
+        visible_alias = "shutdown-grace",
+        value_name = "SECS"
+    )]
     pub shutdown_grace_secs: u64,
 
     /// Serve gRPC over TLS with this certificate chain (PEM, the server's

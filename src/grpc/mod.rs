@@ -57,6 +57,12 @@ pub struct Bounds {
     pub max_receive_bytes: u64,
 }
 
+/// Metadata on an AddReferences error caused by one good frame (it cannot
+/// be decoded or used): that frame's index in the call, from 0, so a client
+/// can leave it out and send the others again (`loupe recipe add-refs
+/// --skip-bad`).
+pub const FRAME_INDEX_METADATA: &str = "loupe-frame-index";
+
 /// Names whose health is reported: overall ("") and each Loupe service.
 pub const HEALTH_SERVICES: [&str; 3] = ["", "loupe.v1.Inspection", "loupe.v1.Recipes"];
 

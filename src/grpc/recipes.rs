@@ -64,8 +64,11 @@ impl RecipesService {
                         limits.call_frames
                     )));
                 }
-                let frame = frame_from_proto(message.frame)
-                    .map_err(|error| Status::invalid_argument(format!("{}: {}", label(), error.0)))?;
+                let frame = frame_from_proto(message.frame).map_err(|error| {
+                    let mut status = Status::invalid_argument(format!("{}: {}", label(), error.0));
+                    super::status::mark_frame(&mut status, index);
+                    status
+                })?;
                 bytes += frame.len() as u64;
                 if bytes > limits.call_bytes {
                     return Err(Status::invalid_argument(format!(

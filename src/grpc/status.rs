@@ -50,7 +50,21 @@ impl From<Error> for Status {
             Error::Store(store) => store.for_client(),
             _ => error.to_string(),
         };
-        Status::new(code, message)
+        let mut status = Status::new(code, message);
+        if let Error::ReferenceFrame { index, .. } = &error
+            && code == Code::InvalidArgument
+        {
+            mark_frame(&mut status, *index);
+        }
+        status
+    }
+}
+
+/// Names the good frame of an AddReferences call that was refused, for
+/// clients that go on without it ([`super::FRAME_INDEX_METADATA`]).
+pub(super) fn mark_frame(status: &mut Status, index: usize) {
+    if let Ok(value) = index.to_string().parse() {
+        status.metadata_mut().insert(super::FRAME_INDEX_METADATA, value);
     }
 }
 

@@ -1,0 +1,187 @@
+//! The `loupe` client commands as a script uses them: the real binary
+//! against a real server on 127.0.0.1:0, generated parts as PNG files.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{PART_SIZE, TestServer, clients, enroll, scratched, texture};
+
+fn png(rgb: Vec<u8>, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_raw(PART_SIZE as u32, PART_SIZE as u32, rgb)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+/// Runs `loupe ARGS` in `dir` off the runtime that serves.
+async fn loupe(dir: &Path, args: Vec<String>) -> Output {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_loupe"))
+            .args(&args)
+            .current_dir(dir)
+            .env_remove("LOUPE_SERVER")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|&a| a.to_owned()).collect()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn inspect_exits_by_verdict_and_prints_json_lines() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let (mut recipes, _) = clients(&server).await;
+    enroll(&mut recipes, "weave").await;
+    let work = tempfile::tempdir().unwrap();
+    // MVTec-style folders: the same file name in two folders.
+    png(texture(100, 0.3, 1.1), &work.path().join("good/000.png"));
+    png(scratched(), &work.path().join("crack/000.png"));
+    // A scheme-less address, after the action's own flags.
+    let address = server.addr.to_string();
+
+    let passed = loupe(
+        work.path(),
+        args(&[
+            "inspect",
+            "--recipe",
+            "weave",
+            "good/000.png",
+            "--server",
+            &address,
+        ]),
+    )
+    .await;
+    assert_eq!(passed.status.code(), Some(0), "{passed:?}");
+    assert!(stdout(&passed).starts_with("good/000.png: PASS"), "{passed:?}");
+
+    let mixed = loupe(
+        work.path(),
+        args(&[
+            "inspect",
+            "--server",
+            &address,
+            "--recipe",
+            "weave",
+            "--json",
+            "--heatmap",
+            "heat",
+            "good/000.png",
+            "crack/000.png",
+        ]),
+    )
+    .await;
+    assert_eq!(mixed.status.code(), Some(1), "{mixed:?}");
+    let lines: Vec<serde_json::Value> = stdout(&mixed)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{mixed:?}");
+    assert_eq!(lines[0]["verdict"], "VERDICT_PASS");
+    assert_eq!(lines[1]["verdict"], "VERDICT_FAIL");
+    assert_eq!(lines[1]["frame_id"], "crack/000.png");
+    assert!(lines[1]["score"].as_f64().unwrap() > lines[1]["threshold"].as_f64().unwrap());
+    assert!(!lines[1]["regions"].as_array().unwrap().is_empty());
+    assert!(lines[1]["timings"]["total_us"].as_u64().unwrap() > 0);
+    // One overlay each, none overwriting the other.
+    for (line, name) in lines
+        .iter()
+        .zip(["heat/good/000.overlay.png", "heat/crack/000.overlay.png"])
+    {
+        assert_eq!(line["overlay"], name);
+        assert!(work.path().join(name).is_file(), "{name} missing");
+    }
+
+    let missing = loupe(
+        work.path(),
+        args(&[
+            "inspect",
+            "--server",
+            &address,
+            "--recipe",
+            "weave",
+            "good/000.png",
+            "nothing.png",
+        ]),
+    )
+    .await;
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(stdout(&missing).contains("nothing.png: ERROR"), "{missing:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn add_refs_names_a_bad_file_and_skips_it_when_asked() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let work = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        png(
+            texture(i + 1, 0.0, 0.0),
+            &work.path().join(format!("good/{i}.png")),
+        );
+    }
+    std::fs::write(work.path().join("good/broken.png"), b"not a png").unwrap();
+    let address = server.addr.to_string();
+    let created = loupe(
+        work.path(),
+        args(&["recipe", "create", "weave", "--server", &address]),
+    )
+    .await;
+    assert_eq!(created.status.code(), Some(0), "{created:?}");
+    let files = ["good/0.png", "good/broken.png", "good/1.png", "good/2.png"];
+    let add = |extra: &[&str]| {
+        let mut list = args(&["recipe", "add-refs", "weave", "--server", &address]);
+        list.extend(files.iter().chain(extra).map(|&a| a.to_owned()));
+        list
+    };
+
+    let refused = loupe(work.path(), add(&[])).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("good/broken.png"), "{stderr}");
+
+    let skipped = loupe(work.path(), add(&["--skip-bad"])).await;
+    assert_eq!(skipped.status.code(), Some(0), "{skipped:?}");
+    let stderr = String::from_utf8_lossy(&skipped.stderr);
+    assert!(stderr.contains("skipped good/broken.png"), "{stderr}");
+    assert!(stdout(&skipped).contains("references 3"), "{skipped:?}");
+
+    // A partial update from the CLI keeps what it does not name.
+    let updated = loupe(
+        work.path(),
+        args(&[
+            "recipe",
+            "update",
+            "weave",
+            "--sensitivity",
+            "2",
+            "--server",
+            &address,
+        ]),
+    )
+    .await;
+    assert_eq!(updated.status.code(), Some(0), "{updated:?}");
+    let shown = loupe(
+        work.path(),
+        args(&["recipe", "show", "weave", "--server", &address]),
+    )
+    .await;
+    let text = stdout(&shown);
+    assert!(text.contains("calibrated, scaled by sensitivity 2"), "{text}");
+    assert!(text.contains("reference_size") && text.contains("8192"), "{text}");
+    assert!(text.contains("calibrated threshold"), "{text}");
+    server.stop().await.unwrap();
+}
