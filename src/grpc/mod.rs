@@ -4,9 +4,10 @@
 //! `Status` (in `status.rs`, one exhaustive `From`). It also owns how the
 //! service is reached: TLS here, the token check for every call in
 //! [`auth`], and the client end in [`client`]; the core knows nothing of
-//! either.
+//! either. [`calls`] counts failed calls for whoever asks (the metrics).
 
 pub mod auth;
+pub mod calls;
 pub mod client;
 mod inspection;
 mod recipes;
@@ -139,12 +140,14 @@ impl Transport {
 /// Serves the core on `listener` through `transport` until `stop`
 /// completes, then lets calls in flight finish. Health says NOT_SERVING
 /// until `serving` completes (the core is ready), SERVING after, and
-/// NOT_SERVING again once `stop` has.
+/// NOT_SERVING again once `stop` has. Failed calls are counted into
+/// `failed_calls` when given.
 pub async fn serve(
     server: Arc<Server>,
     transport: Transport,
     listener: TcpListener,
     max_message_bytes: usize,
+    failed_calls: Option<Arc<dyn calls::FailedCalls>>,
     serving: impl Future<Output = ()> + Send + 'static,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError> {
@@ -184,6 +187,8 @@ pub async fn serve(
         .initial_stream_window_size(FLOW_WINDOW)
         .initial_connection_window_size(2 * FLOW_WINDOW)
         .max_frame_size(MAX_FRAME)
+        // Outside the token check, so that refused calls are counted too.
+        .layer(calls::CallsLayer::new(failed_calls))
         // One check for every service, health and reflection included
         // (the layer lets those through itself).
         .layer(auth::AuthLayer::new(transport.tokens))
