@@ -213,7 +213,7 @@ impl Metrics {
         registry.register_with_unit(
             "inspection_stage",
             "Time judged frames spent in each stage (queue: waiting for the engine; model: the \
-             frame's share of its batch's model run; search: nearest-neighbour search, map and regions; \
+             frame's share of its batch's model run; search: nearest-neighbour search, map, regions and heatmap; \
              total: arrival at the core to the answer)",
             Unit::Seconds,
             self.stages.clone(),
@@ -310,14 +310,14 @@ impl Collector for Core {
         let in_flight = ConstGauge::new(i64::try_from(self.0.frames_in_flight()).unwrap_or(i64::MAX));
         in_flight.encode(encoder.encode_descriptor(
             "frames_in_flight",
-            "Frames accepted for inspection and not yet answered (at most --max-pending)",
+            "Frames accepted for inspection and not yet answered (at most --max-pending).",
             None,
             in_flight.metric_type(),
         )?)?;
         let dropped = ConstCounter::new(self.0.events().dropped());
         dropped.encode(encoder.encode_descriptor(
             "events_dropped",
-            "Core events lost by subscribers that fell behind (these metrics, or any other subscriber)",
+            "Core events lost by subscribers that fell behind (these metrics, or any other subscriber).",
             None,
             dropped.metric_type(),
         )?)?;
