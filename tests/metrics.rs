@@ -122,7 +122,7 @@ async fn a_scrape_counts_inspections_verdicts_stages_changes_and_failed_calls_ex
     // A frame passes when its score is at most the threshold.
     assert_eq!(v(r#"loupe_normalized_score_count{recipe="weave"}"#), 5.0);
     assert_eq!(
-        v(r#"loupe_normalized_score_bucket{recipe="weave",le="1.0"}"#),
+        v(r#"loupe_normalized_score_bucket{recipe="weave",le="1"}"#),
         passed
     );
     assert_eq!(v("loupe_batch_size_count"), 5.0);

@@ -485,14 +485,8 @@ mod tests {
             v(r#"loupe_normalized_score_bucket{recipe="weave",le="0.5"}"#),
             1.0
         );
-        assert_eq!(
-            v(r#"loupe_normalized_score_bucket{recipe="weave",le="1.0"}"#),
-            1.0
-        );
-        assert_eq!(
-            v(r#"loupe_normalized_score_bucket{recipe="weave",le="2.0"}"#),
-            2.0
-        );
+        assert_eq!(v(r#"loupe_normalized_score_bucket{recipe="weave",le="1"}"#), 1.0);
+        assert_eq!(v(r#"loupe_normalized_score_bucket{recipe="weave",le="2"}"#), 2.0);
         assert_eq!(v(r#"loupe_normalized_score_count{recipe="weave"}"#), 3.0);
         // Three model runs: two of one frame, one of two.
         assert_eq!(v("loupe_batch_size_count"), 3.0);
