@@ -204,6 +204,7 @@ fn main() {
                             .update_recipe(UpdateRecipeRequest {
                                 name: name.clone(),
                                 settings: Some(settings),
+                                update_mask: None,
                             })
                             .await?;
                         recipes.delete_recipe(DeleteRecipeRequest { name: name.clone() }).await

@@ -74,21 +74,30 @@ pub async fn recipe(server: &ClientConfig, action: RecipeAction) -> Result<()> {
             print_recipe(recipe.get_ref());
         }
         RecipeAction::Update { name, settings } => {
-            let current = client
-                .get_recipe(proto::GetRecipeRequest { name: name.clone() })
-                .await
-                .map_err(status)?
-                .into_inner();
-            let base = settings_from_proto(current.settings)?;
-            let settings = settings.apply(base)?;
+            // Only the flags given change (the server applies them to the
+            // current settings under its lock).
+            let update = settings.update()?;
+            if update.settings.is_empty() {
+                bail!("nothing to change: give a setting flag or --settings FILE");
+            }
+            let paths = update
+                .settings
+                .iter()
+                .flat_map(|setting| setting.fields().iter().map(|&field| field.to_owned()))
+                .collect();
             let recipe = client
                 .update_recipe(proto::UpdateRecipeRequest {
                     name,
-                    settings: Some(settings_to_proto(&settings)),
+                    settings: Some(settings_to_proto(&update.values)),
+                    update_mask: Some(prost_types::FieldMask { paths }),
                 })
                 .await
-                .map_err(status)?;
-            print_recipe(recipe.get_ref());
+                .map_err(status)?
+                .into_inner();
+            print_recipe(&recipe);
+            if recipe.reference_rebuilt {
+                println!("    the reference was rebuilt from the stored good frames");
+            }
         }
         RecipeAction::List => {
             let list = client

@@ -273,7 +273,11 @@ async fn serve_core(
         server,
         transport,
         listener,
-        config.limits.max_message_bytes,
+        grpc::Bounds {
+            max_message_bytes: config.limits.max_message_bytes,
+            max_connections: config.limits.max_connections,
+            max_receive_bytes: config.limits.max_receive_bytes,
+        },
         failed_calls,
         serving,
         stop,

@@ -304,6 +304,7 @@ async fn every_status_code_the_contract_names() {
                 sensitivity: 2.0,
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap()
@@ -619,6 +620,112 @@ async fn an_enrollment_whose_features_would_pass_the_budget_is_refused_after_one
     assert!(
         status.message().contains("enrolling 3 frames at 2048x2048")
             && status.message().contains("--max-enrollment-bytes"),
+        "{}",
+        status.message()
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_partial_update_changes_only_what_it_names() {
+    // Found by a new user: sending only a new sensitivity switched an
+    // aligned recipe to global and rebuilt its reference, silently.
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let (mut recipes, mut inspection) = clients(&server).await;
+    recipes
+        .create_recipe(CreateRecipeRequest {
+            name: "fixtured".into(),
+            settings: Some(RecipeSettings {
+                match_mode: proto::MatchMode::Aligned as i32,
+                input_width: 256,
+                input_height: 256,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let goods = (0..3).map(|i| proto::AddReferencesRequest {
+        recipe: "fixtured".into(),
+        frame: Some(raw(texture(i + 1, 0.0, 0.0))),
+        replace: false,
+        name: String::new(),
+    });
+    let enrolled = recipes
+        .add_references(tokio_stream::iter(goods))
+        .await
+        .unwrap()
+        .into_inner();
+    let score = |response: InspectResponse| response.score;
+    let part = || request("fixtured", raw(scratched()), "part");
+    let before = score(inspection.inspect(part()).await.unwrap().into_inner());
+
+    let update = |settings: RecipeSettings, mask: Option<&[&str]>| UpdateRecipeRequest {
+        name: "fixtured".into(),
+        settings: Some(settings),
+        update_mask: mask.map(|paths| prost_types::FieldMask {
+            paths: paths.iter().map(|&p| p.to_owned()).collect(),
+        }),
+    };
+    // No mask: what the message sets changes, nothing else.
+    let sharper = recipes
+        .update_recipe(update(
+            RecipeSettings {
+                sensitivity: 2.0,
+                ..Default::default()
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let settings = sharper.settings.clone().unwrap();
+    assert_eq!(settings.match_mode, proto::MatchMode::Aligned as i32);
+    assert_eq!((settings.input_width, settings.input_height), (256, 256));
+    assert_eq!(settings.sensitivity, 2.0);
+    assert!(!sharper.reference_rebuilt);
+    assert_eq!(sharper.revision, enrolled.revision + 1);
+    assert!((sharper.threshold - enrolled.threshold / 2.0).abs() < 1e-4 * enrolled.threshold);
+    let after = score(inspection.inspect(part()).await.unwrap().into_inner());
+    assert_eq!(after, before, "the same reference judges the part");
+
+    // A named field left unset takes its default.
+    let reset = recipes
+        .update_recipe(update(RecipeSettings::default(), Some(&["settings.sensitivity"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.settings.unwrap().sensitivity, 1.0);
+    assert!(!reset.reference_rebuilt);
+    assert_eq!(reset.threshold, enrolled.threshold);
+
+    // A wider aligned search changes the calibration scores: rebuilt.
+    let wider = recipes
+        .update_recipe(update(
+            RecipeSettings {
+                neighborhood: 2,
+                ..Default::default()
+            },
+            Some(&["neighborhood"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(wider.reference_rebuilt);
+    assert_eq!(
+        wider.settings.unwrap().match_mode,
+        proto::MatchMode::Aligned as i32
+    );
+
+    let status = recipes
+        .update_recipe(update(RecipeSettings::default(), Some(&["keepaspect"])))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("\"keepaspect\", which is not a setting"),
         "{}",
         status.message()
     );

@@ -176,6 +176,7 @@ async fn apply(change: Change, recipes: &mut RecipesClient<Channel>) -> Result<(
                     reference_size: 500,
                     ..Default::default()
                 }),
+                update_mask: None,
             };
             recipes.update_recipe(request).await.map(drop)
         }
@@ -374,6 +375,7 @@ async fn a_change_whose_caller_gave_up_lands_in_memory_and_on_disk_alike() {
             reference_size: 500,
             ..Default::default()
         }),
+        update_mask: None,
     });
     update.set_timeout(Duration::from_millis(5));
     let status = recipes.update_recipe(update).await.unwrap_err();
@@ -393,7 +395,7 @@ async fn a_change_whose_caller_gave_up_lands_in_memory_and_on_disk_alike() {
             .expect("the change completes")
             .expect("the bus is open");
         if let Event::Recipe(change) = event
-            && matches!(change.change, RecipeChange::SettingsChanged { rebuilt: true })
+            && matches!(change.change, RecipeChange::SettingsChanged { rebuilt: true, .. })
         {
             break;
         }

@@ -93,6 +93,8 @@ impl CredentialArgs {
     /// Validates these flags for the server at `server` (given by
     /// `--{server_flag}`) into a [`ClientConfig`].
     pub fn resolve(&self, server_flag: &'static str, server: &str) -> Result<ClientConfig, ConfigError> {
+        // `host:port` as `loupe serve --listen` takes it means plaintext.
+        let server = &with_scheme(server);
         let https = server
             .get(..8)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
@@ -140,6 +142,15 @@ impl CredentialArgs {
             tls,
             token,
         })
+    }
+}
+
+/// `server` with `http://` in front when it names no scheme.
+fn with_scheme(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
     }
 }
 

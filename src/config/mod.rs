@@ -127,6 +127,74 @@ mod tests {
         assert!(settings::parse_roi("1,2,3").is_err());
     }
 
+    fn update_of(args: &[&str]) -> Result<crate::engine::SettingsUpdate, String> {
+        let cli = Cli::try_parse_from(["loupe", "recipe", "update", "part"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Recipe(RecipeArgs {
+            action: RecipeAction::Update { settings, .. },
+            ..
+        }) = cli.command
+        else {
+            panic!("parsed as something else");
+        };
+        settings.update().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_update_names_only_the_flags_given() {
+        use crate::engine::Setting;
+        let update = update_of(&["--sensitivity", "1.5", "--no-keep-aspect", "--no-threshold"]).unwrap();
+        assert_eq!(
+            update.settings,
+            [Setting::KeepAspect, Setting::Threshold, Setting::Sensitivity]
+        );
+        assert!(!update.values.keep_aspect);
+        assert_eq!(update.values.threshold, None);
+        assert!(update_of(&["--keep-aspect"]).unwrap().values.keep_aspect);
+        assert!(update_of(&["--threshold", "2", "--no-threshold"]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("settings.json");
+        std::fs::write(
+            &file,
+            r#"{"neighborhood": 2, "input_width": 320, "input_height": 160}"#,
+        )
+        .unwrap();
+        let update = update_of(&["--settings", file.to_str().unwrap(), "--sensitivity", "3"]).unwrap();
+        assert_eq!(
+            update.settings,
+            [Setting::InputSize, Setting::Neighborhood, Setting::Sensitivity]
+        );
+        assert_eq!((update.values.neighborhood, update.values.sensitivity), (2, 3.0));
+        // A typo is refused, named, instead of being ignored.
+        std::fs::write(&file, r#"{"keepaspect": true}"#).unwrap();
+        let error = update_of(&["--settings", file.to_str().unwrap()]).unwrap_err();
+        assert!(error.contains("\"keepaspect\" is not a setting"), "{error}");
+        assert!(error.contains("keep_aspect"), "{error}");
+    }
+
+    #[test]
+    fn a_server_address_without_a_scheme_is_plaintext() {
+        let config = client(&["--server", "10.0.0.5:50051"]).unwrap();
+        assert_eq!(config.server, "http://10.0.0.5:50051");
+        let config = client(&["--server", "https://line-3:50051"]).unwrap();
+        assert_eq!(config.server, "https://line-3:50051");
+    }
+
+    #[test]
+    fn connection_flags_go_before_or_after_the_action() {
+        for args in [
+            ["loupe", "recipe", "list", "--server", "h:1"],
+            ["loupe", "recipe", "--server", "h:1", "list"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Recipe(recipe) = cli.command else {
+                panic!("parsed as something else");
+            };
+            assert_eq!(recipe.server.server, "h:1");
+        }
+    }
+
     #[test]
     fn bench_flags_are_parsed() {
         let cli = Cli::try_parse_from([
@@ -188,6 +256,8 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("loupe-data"));
         assert_eq!(config.limits.max_message_bytes, 64 << 20);
+        assert_eq!(config.limits.max_connections, 256);
+        assert!(config.limits.max_receive_bytes >= config.limits.max_message_bytes as u64);
         assert!(config.engine.model.threads >= 1);
         assert!(config.engine.model.path.is_none());
         assert_eq!(config.engine.model.device, crate::model::Device::Cpu);
@@ -255,6 +325,20 @@ mod tests {
                 .unwrap_err()
                 .contains("at least 1024")
         );
+        assert!(
+            serve(&["--max-connections", "0"])
+                .unwrap_err()
+                .contains("--max-connections")
+        );
+        let error = serve(&["--max-message-bytes", "2000000", "--max-receive-bytes", "1000000"]).unwrap_err();
+        assert!(
+            error.contains("--max-receive-bytes") && error.contains("below --max-message-bytes 2000000"),
+            "{error}"
+        );
+        let config = serve(&["--max-connections", "2", "--max-receive-bytes", "3000000"]).unwrap_err();
+        assert!(config.contains("below --max-message-bytes"), "{config}");
+        let config = serve(&["--max-message-bytes", "2000000", "--max-receive-bytes", "3000000"]).unwrap();
+        assert_eq!(config.limits.max_receive_bytes, 3_000_000);
     }
 
     fn client(args: &[&str]) -> Result<ClientConfig, String> {

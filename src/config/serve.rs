@@ -93,6 +93,19 @@ pub struct ServeArgs {
     #[arg(long, env = "LOUPE_MAX_PENDING", default_value_t = 64)]
     pub max_pending: usize,
 
+    /// Most gRPC connections open at once. Past it the server accepts no
+    /// more until one closes: further clients wait in the kernel's backlog.
+    #[arg(long, env = "LOUPE_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
+
+    /// Most bytes of request messages all calls may be receiving at once
+    /// [default: a quarter of the machine's memory]; at least
+    /// --max-message-bytes. A message's length is reserved when its first
+    /// bytes arrive; past the budget the call is held back by HTTP/2 flow
+    /// control until other messages are decoded.
+    #[arg(long, env = "LOUPE_MAX_RECEIVE_BYTES")]
+    pub max_receive_bytes: Option<u64>,
+
     /// Most waiting frames of one recipe judged together in one model run
     /// and one search (1 turns batching off). Only frames that are already
     /// waiting are batched; none is held back to fill a batch.
@@ -179,6 +192,10 @@ pub struct Limits {
     pub max_recipe_bytes: u64,
     /// Most frames accepted for inspection at once.
     pub max_pending: usize,
+    /// Most gRPC connections open at once.
+    pub max_connections: usize,
+    /// Most request message bytes being received at once.
+    pub max_receive_bytes: u64,
 }
 
 impl Default for Limits {
@@ -194,6 +211,8 @@ impl Default for Limits {
             max_recipe_frames: 5000,
             max_recipe_bytes: 10 << 30,
             max_pending: 64,
+            max_connections: 256,
+            max_receive_bytes: 1 << 30,
         }
     }
 }
@@ -306,6 +325,21 @@ impl ServeArgs {
                 ),
             });
         }
+        // The default grows with --max-message-bytes; a given value is checked.
+        let max_receive_bytes = self
+            .max_receive_bytes
+            .unwrap_or_else(|| quarter_of_memory().max(self.max_message_bytes as u64));
+        if max_receive_bytes < self.max_message_bytes as u64 {
+            return Err(ConfigError {
+                flag: "max-receive-bytes",
+                reason: format!(
+                    "is {max_receive_bytes}, below --max-message-bytes {}: a message of the largest size \
+                     could never be received",
+                    self.max_message_bytes
+                ),
+            });
+        }
+        at_least("max-connections", self.max_connections as u64, 1)?;
         at_least("max-references", self.max_references as u64, 1)?;
         at_least("max-pending", self.max_pending as u64, 1)?;
         at_least("max-batch", self.max_batch as u64, 1)?;
@@ -331,6 +365,8 @@ impl ServeArgs {
                 max_recipe_frames: self.max_recipe_frames,
                 max_recipe_bytes: self.max_recipe_bytes,
                 max_pending: self.max_pending,
+                max_connections: self.max_connections,
+                max_receive_bytes,
             },
             max_batch: self.max_batch,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::ConfigError;
-use crate::engine::{MatchMode, RecipeSettings};
+use crate::engine::{MatchMode, RecipeSettings, Setting, SettingsUpdate};
 use crate::imaging::Roi;
 
 /// Recipe settings as flags (unset flags keep the defaults, or with
@@ -35,17 +35,27 @@ pub struct SettingsArgs {
     #[arg(long, env = "LOUPE_REFERENCE_SIZE", value_name = "N")]
     pub reference_size: Option<u32>,
 
-    /// Global mode: give each frame an input of its own aspect ratio.
-    #[arg(long, env = "LOUPE_KEEP_ASPECT")]
-    pub keep_aspect: Option<bool>,
+    /// Global mode: give each frame an input of its own aspect ratio with
+    /// about --input-size pixels, instead of stretching it to that size.
+    #[arg(long, env = "LOUPE_KEEP_ASPECT", overrides_with = "no_keep_aspect")]
+    pub keep_aspect: bool,
+
+    /// Turn --keep-aspect off (for `recipe update`, or over a settings
+    /// file).
+    #[arg(long, env = "LOUPE_NO_KEEP_ASPECT", overrides_with = "keep_aspect")]
+    pub no_keep_aspect: bool,
 
     /// Smallest reported region, in frame pixels.
     #[arg(long, env = "LOUPE_MIN_REGION_AREA", value_name = "PIXELS")]
     pub min_region_area: Option<u32>,
 
     /// Fixed threshold on the anomaly score (default: calibrated).
-    #[arg(long, env = "LOUPE_THRESHOLD")]
+    #[arg(long, env = "LOUPE_THRESHOLD", conflicts_with = "no_threshold")]
     pub threshold: Option<f32>,
+
+    /// Drop a fixed threshold: calibrate it from the good parts again.
+    #[arg(long, env = "LOUPE_NO_THRESHOLD")]
+    pub no_threshold: bool,
 
     /// Sensitivity: above 1 fails more parts (default 1).
     #[arg(long, env = "LOUPE_SENSITIVITY")]
@@ -91,58 +101,116 @@ pub(super) fn parse_roi(text: &str) -> Result<Roi, String> {
 }
 
 impl SettingsArgs {
-    /// Applies the settings file and the flags to `base`.
+    /// Applies the settings file (in place of `base`) and the flags.
     pub fn apply(&self, base: RecipeSettings) -> Result<RecipeSettings, ConfigError> {
-        let mut settings = match &self.settings {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                    flag: "settings",
-                    reason: format!("cannot read {}: {e}", path.display()),
-                })?;
-                serde_json::from_str(&text).map_err(|e| ConfigError {
-                    flag: "settings",
-                    reason: format!("{}: {e}", path.display()),
-                })?
+        let base = self.read()?.map_or(base, |file| file.values);
+        Ok(self.flags()?.apply(&base))
+    }
+
+    /// The change these flags ask for, for `recipe update`: the fields of
+    /// the settings file and the flags given, nothing else.
+    pub fn update(&self) -> Result<SettingsUpdate, ConfigError> {
+        let flags = self.flags()?;
+        let Some(file) = self.read()? else {
+            return Ok(flags);
+        };
+        let mut settings = file.settings.clone();
+        settings.extend(flags.settings.iter().filter(|s| !file.settings.contains(s)));
+        Ok(SettingsUpdate {
+            values: flags.apply(&file.values),
+            settings,
+        })
+    }
+
+    /// The settings file: its values (defaults for the fields it leaves
+    /// out) and the settings it names. A field that is not a setting is
+    /// refused, named: a typo must not be ignored silently.
+    fn read(&self) -> Result<Option<SettingsUpdate>, ConfigError> {
+        let Some(path) = &self.settings else {
+            return Ok(None);
+        };
+        let error = |reason: String| ConfigError {
+            flag: "settings",
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read it: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let serde_json::Value::Object(fields) = &value else {
+            return Err(error("expected a JSON object of settings".into()));
+        };
+        let mut named = Vec::new();
+        for field in fields.keys() {
+            let Some(setting) = Setting::from_field(field) else {
+                return Err(error(format!(
+                    "{field:?} is not a setting; the settings are {}",
+                    Setting::all_fields().join(", ")
+                )));
+            };
+            if !named.contains(&setting) {
+                named.push(setting);
             }
-            None => base,
+        }
+        let values = serde_json::from_value(value).map_err(|e| error(e.to_string()))?;
+        Ok(Some(SettingsUpdate {
+            values,
+            settings: named,
+        }))
+    }
+
+    /// The flags given, as a change.
+    fn flags(&self) -> Result<SettingsUpdate, ConfigError> {
+        let mut values = RecipeSettings::default();
+        let mut given = Vec::new();
+        let mut set = |setting: Setting, change: &dyn Fn(&mut RecipeSettings)| {
+            change(&mut values);
+            given.push(setting);
         };
         if let Some((width, height)) = self.input_size {
-            settings.input_width = width;
-            settings.input_height = height;
+            set(Setting::InputSize, &|s| {
+                (s.input_width, s.input_height) = (width, height)
+            });
         }
         if let Some(mode) = self.mode {
-            settings.match_mode = mode;
+            set(Setting::MatchMode, &|s| s.match_mode = mode);
         }
         if let Some(v) = self.neighborhood {
-            settings.neighborhood = v;
+            set(Setting::Neighborhood, &|s| s.neighborhood = v);
         }
         if let Some(v) = self.reference_size {
-            settings.reference_size = v;
+            set(Setting::ReferenceSize, &|s| s.reference_size = v);
         }
-        if let Some(v) = self.keep_aspect {
-            settings.keep_aspect = v;
+        if self.keep_aspect || self.no_keep_aspect {
+            let keep = self.keep_aspect;
+            set(Setting::KeepAspect, &|s| s.keep_aspect = keep);
         }
         if let Some(v) = self.min_region_area {
-            settings.min_region_area = v;
+            set(Setting::MinRegionArea, &|s| s.min_region_area = v);
         }
-        if let Some(v) = self.threshold {
-            settings.threshold = Some(v);
+        if self.threshold.is_some() || self.no_threshold {
+            let threshold = self.threshold;
+            set(Setting::Threshold, &|s| s.threshold = threshold);
         }
         if let Some(v) = self.sensitivity {
-            settings.sensitivity = v;
+            set(Setting::Sensitivity, &|s| s.sensitivity = v);
         }
         if let Some(v) = self.target_false_reject_rate {
-            settings.target_false_reject_rate = v;
+            set(Setting::TargetFalseRejectRate, &|s| {
+                s.target_false_reject_rate = v
+            });
         }
         if let Some(v) = self.roi {
-            settings.roi = Some(v);
+            set(Setting::Roi, &|s| s.roi = Some(v));
         }
         if let Some(path) = &self.mask {
-            settings.mask_png = std::fs::read(path).map_err(|e| ConfigError {
+            let mask = std::fs::read(path).map_err(|e| ConfigError {
                 flag: "mask",
                 reason: format!("cannot read {}: {e}", path.display()),
             })?;
+            set(Setting::Mask, &|s| s.mask_png.clone_from(&mask));
         }
-        Ok(settings)
+        Ok(SettingsUpdate {
+            values,
+            settings: given,
+        })
     }
 }

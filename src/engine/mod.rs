@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub use enroll::{EnrollError, Enrollment, Features};
 pub use inspect::{HeatmapFormat, HeatmapImage, InspectOptions, Inspection, Region, Timings, Verdict};
-pub use settings::{InputSize, MatchMode, RecipeSettings};
+pub use settings::{InputSize, MatchMode, RecipeSettings, Setting, SettingsUpdate};
 
 use crate::imaging::{self, DecodeLimits, FrameData, Geometry, Image, ImagingError, Normalize, Preprocessor};
 use crate::model::{FeatureExtractor, ModelError};

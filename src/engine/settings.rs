@@ -229,7 +229,11 @@ impl RecipeSettings {
 
     /// Whether a change from `self` to `other` invalidates the reference
     /// features (so they must be computed again from the good frames).
+    /// The stored calibration scores were computed with the mask and, in
+    /// the aligned mode, the neighbourhood: a change of either needs them
+    /// computed again too.
     pub fn reference_changes(&self, other: &Self) -> bool {
+        let aligned_radius = |s: &Self| (s.match_mode == MatchMode::Aligned).then_some(s.neighborhood);
         (self.input_rule(), self.match_mode, self.roi, self.reference_size)
             != (
                 other.input_rule(),
@@ -237,6 +241,162 @@ impl RecipeSettings {
                 other.roi,
                 other.reference_size,
             )
+            || self.mask_png != other.mask_png
+            || aligned_radius(self) != aligned_radius(other)
+    }
+
+    /// The settings that differ between `self` and `other`, in
+    /// [`Setting::ALL`]'s order.
+    pub fn changes(&self, other: &Self) -> Vec<Setting> {
+        Setting::ALL
+            .into_iter()
+            .filter(|setting| {
+                let (mut a, mut b) = (Self::default(), Self::default());
+                a.set(*setting, self);
+                b.set(*setting, other);
+                a != b
+            })
+            .collect()
+    }
+
+    /// Takes `setting`'s value from `from`.
+    pub fn set(&mut self, setting: Setting, from: &Self) {
+        match setting {
+            Setting::InputSize => {
+                (self.input_width, self.input_height) = (from.input_width, from.input_height)
+            }
+            Setting::KeepAspect => self.keep_aspect = from.keep_aspect,
+            Setting::MatchMode => self.match_mode = from.match_mode,
+            Setting::Neighborhood => self.neighborhood = from.neighborhood,
+            Setting::MinRegionArea => self.min_region_area = from.min_region_area,
+            Setting::Threshold => self.threshold = from.threshold,
+            Setting::Sensitivity => self.sensitivity = from.sensitivity,
+            Setting::TargetFalseRejectRate => self.target_false_reject_rate = from.target_false_reject_rate,
+            Setting::Roi => self.roi = from.roi,
+            Setting::Mask => self.mask_png.clone_from(&from.mask_png),
+            Setting::ReferenceSize => self.reference_size = from.reference_size,
+        }
+    }
+}
+
+/// One setting, as a partial update names it. The two sides of the input
+/// size are one setting: a size is set or left to the mode whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Setting {
+    /// `input_width` and `input_height`.
+    InputSize,
+    /// `keep_aspect`.
+    KeepAspect,
+    /// `match_mode`.
+    MatchMode,
+    /// `neighborhood`.
+    Neighborhood,
+    /// `min_region_area`.
+    MinRegionArea,
+    /// `threshold` (unset: calibrated).
+    Threshold,
+    /// `sensitivity`.
+    Sensitivity,
+    /// `target_false_reject_rate`.
+    TargetFalseRejectRate,
+    /// `roi`.
+    Roi,
+    /// `mask_png`.
+    Mask,
+    /// `reference_size`.
+    ReferenceSize,
+}
+
+impl Setting {
+    /// Every setting.
+    pub const ALL: [Self; 11] = [
+        Self::InputSize,
+        Self::KeepAspect,
+        Self::MatchMode,
+        Self::Neighborhood,
+        Self::MinRegionArea,
+        Self::Threshold,
+        Self::Sensitivity,
+        Self::TargetFalseRejectRate,
+        Self::Roi,
+        Self::Mask,
+        Self::ReferenceSize,
+    ];
+
+    /// The field names of [`RecipeSettings`] (and of the proto message)
+    /// that hold it.
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Self::InputSize => &["input_width", "input_height"],
+            Self::KeepAspect => &["keep_aspect"],
+            Self::MatchMode => &["match_mode"],
+            Self::Neighborhood => &["neighborhood"],
+            Self::MinRegionArea => &["min_region_area"],
+            Self::Threshold => &["threshold"],
+            Self::Sensitivity => &["sensitivity"],
+            Self::TargetFalseRejectRate => &["target_false_reject_rate"],
+            Self::Roi => &["roi"],
+            Self::Mask => &["mask_png"],
+            Self::ReferenceSize => &["reference_size"],
+        }
+    }
+
+    /// Every field name, in order (for messages that list them).
+    pub fn all_fields() -> Vec<&'static str> {
+        Self::ALL
+            .iter()
+            .flat_map(|s| s.fields().iter().copied())
+            .collect()
+    }
+
+    /// The setting a field name belongs to.
+    pub fn from_field(field: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|setting| setting.fields().contains(&field))
+    }
+
+    /// Its name in messages and logs (the first field's).
+    pub fn name(self) -> &'static str {
+        self.fields()[0]
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::InputSize => "input size",
+            other => other.name(),
+        })
+    }
+}
+
+/// A change to some of a recipe's settings: the named ones take their
+/// values from `values`, the others keep theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsUpdate {
+    /// The new values (of the named settings; the rest is ignored).
+    pub values: RecipeSettings,
+    /// The settings that change.
+    pub settings: Vec<Setting>,
+}
+
+impl SettingsUpdate {
+    /// Every setting replaced by `values`.
+    pub fn whole(values: RecipeSettings) -> Self {
+        Self {
+            values,
+            settings: Setting::ALL.to_vec(),
+        }
+    }
+
+    /// `current` with this update applied.
+    pub fn apply(&self, current: &RecipeSettings) -> RecipeSettings {
+        let mut settings = current.clone();
+        for setting in &self.settings {
+            settings.set(*setting, &self.values);
+        }
+        settings
     }
 }
 
@@ -304,6 +464,69 @@ mod base64_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_changes_only_what_it_names() {
+        let current = RecipeSettings {
+            match_mode: MatchMode::Aligned,
+            neighborhood: 2,
+            threshold: Some(3.0),
+            ..RecipeSettings::default()
+        };
+        let update = SettingsUpdate {
+            values: RecipeSettings {
+                sensitivity: 1.5,
+                ..RecipeSettings::default()
+            },
+            settings: vec![Setting::Sensitivity, Setting::Threshold],
+        };
+        let updated = update.apply(&current);
+        assert_eq!(updated.match_mode, MatchMode::Aligned);
+        assert_eq!(updated.neighborhood, 2);
+        assert_eq!(updated.sensitivity, 1.5);
+        // Named but unset in the values: back to calibrated.
+        assert_eq!(updated.threshold, None);
+        assert_eq!(
+            current.changes(&updated),
+            [Setting::Threshold, Setting::Sensitivity]
+        );
+        assert!(!current.reference_changes(&updated));
+        assert_eq!(SettingsUpdate::whole(updated.clone()).apply(&current), updated);
+    }
+
+    #[test]
+    fn every_field_belongs_to_one_setting() {
+        let serde_json::Value::Object(fields) = serde_json::to_value(RecipeSettings::default()).unwrap()
+        else {
+            panic!("settings serialise as an object");
+        };
+        for field in fields.keys() {
+            assert!(Setting::from_field(field).is_some(), "{field} has no setting");
+        }
+        let named: usize = Setting::ALL.iter().map(|s| s.fields().len()).sum();
+        assert_eq!(named, fields.len());
+    }
+
+    #[test]
+    fn a_mask_or_an_aligned_radius_changes_the_reference() {
+        let with = |change: fn(&mut RecipeSettings)| {
+            let mut settings = RecipeSettings::default();
+            change(&mut settings);
+            settings
+        };
+        let global = RecipeSettings::default();
+        assert!(global.reference_changes(&with(|s| s.mask_png = vec![1, 2, 3])));
+        assert!(
+            !global.reference_changes(&with(|s| s.neighborhood = 3)),
+            "global mode has no radius"
+        );
+        let aligned = with(|s| s.match_mode = MatchMode::Aligned);
+        let aligned_wider = with(|s| {
+            s.match_mode = MatchMode::Aligned;
+            s.neighborhood = 3;
+        });
+        assert!(aligned.reference_changes(&aligned_wider));
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -4,12 +4,16 @@
 //! `Status` (in `status.rs`, one exhaustive `From`). It also owns how the
 //! service is reached: TLS here, the token check for every call in
 //! [`auth`], and the client end in [`client`]; the core knows nothing of
-//! either. [`calls`] counts failed calls for whoever asks (the metrics).
+//! either. What the server receives is bounded here too: open connections
+//! in [`connections`], request message bytes in [`receive`]. [`calls`]
+//! counts failed calls for whoever asks (the metrics).
 
 pub mod auth;
 pub mod calls;
 pub mod client;
+pub mod connections;
 mod inspection;
+pub mod receive;
 mod recipes;
 mod status;
 
@@ -36,6 +40,24 @@ pub const FLOW_WINDOW: u32 = 16 << 20;
 /// Largest HTTP/2 DATA frame a client may send: 1 MiB rather than the
 /// default 16 KiB cuts a 3 MB camera frame into 3 frames, not 192.
 pub const MAX_FRAME: u32 = 1 << 20;
+
+/// Most calls (HTTP/2 streams) open at once on one connection; a client
+/// that wants more queues them itself. With `--max-connections` it bounds
+/// the calls open at once, and so the DATA frames waiting for the receive
+/// budget (one per call at most).
+pub const MAX_CONCURRENT_STREAMS: u32 = 64;
+
+/// What the transport lets clients send: resolved from `loupe serve`'s
+/// limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Largest gRPC message, bytes, either way.
+    pub max_message_bytes: usize,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most request message bytes being received at once.
+    pub max_receive_bytes: u64,
+}
 
 /// Names whose health is reported: overall ("") and each Loupe service.
 pub const HEALTH_SERVICES: [&str; 3] = ["", "loupe.v1.Inspection", "loupe.v1.Recipes"];
@@ -146,7 +168,7 @@ pub async fn serve(
     server: Arc<Server>,
     transport: Transport,
     listener: TcpListener,
-    max_message_bytes: usize,
+    bounds: Bounds,
     failed_calls: Option<Arc<dyn calls::FailedCalls>>,
     serving: impl Future<Output = ()> + Send + 'static,
     stop: impl Future<Output = ()> + Send,
@@ -170,6 +192,7 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let max_message_bytes = bounds.max_message_bytes;
     let inspection = InspectionServer::new(InspectionService::new(server.clone()))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
@@ -180,6 +203,8 @@ pub async fn serve(
     // Small answers must not wait for delayed ACKs: tonic sets TCP_NODELAY
     // only on listeners it binds itself.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections::Limited::new(incoming, bounds.max_connections);
+    let budget = receive::ReceiveBudget::new(bounds.max_receive_bytes, max_message_bytes);
     // Frames are megabytes: HTTP/2's default 64 KiB windows would make a
     // 3 MB frame wait for dozens of window updates.
     transport
@@ -187,11 +212,16 @@ pub async fn serve(
         .initial_stream_window_size(FLOW_WINDOW)
         .initial_connection_window_size(2 * FLOW_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // Outside the token check, so that refused calls are counted too.
         .layer(calls::CallsLayer::new(failed_calls))
         // One check for every service, health and reflection included
         // (the layer lets those through itself).
         .layer(auth::AuthLayer::new(transport.tokens))
+        // Inside the token check: a refused call reads no message. Health
+        // and reflection pass through it too; their messages are small
+        // and reserve nothing.
+        .layer(receive::ReceiveLayer::new(budget))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

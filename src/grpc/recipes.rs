@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto;
-use crate::proto::convert::{frame_from_proto, recipe_state_to_proto, settings_from_proto};
+use crate::proto::convert::{
+    frame_from_proto, recipe_state_to_proto, settings_from_proto, settings_update_from_proto,
+};
 use crate::proto::recipes_server::Recipes;
 use crate::server::{GoodFrame, Server, frame_label};
 use crate::text::quoted;
@@ -104,9 +106,12 @@ impl Recipes for RecipesService {
     ) -> Result<Response<proto::Recipe>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
-        let settings = settings_from_proto(request.settings)?;
-        let (state, _rebuilt) = self.server.update_recipe(&request.name, settings, peer).await?;
-        Ok(Response::new(recipe_state_to_proto(&state)))
+        let update = settings_update_from_proto(request.settings, request.update_mask)?;
+        let (state, rebuilt) = self.server.update_recipe(&request.name, update, peer).await?;
+        Ok(Response::new(proto::Recipe {
+            reference_rebuilt: rebuilt,
+            ..recipe_state_to_proto(&state)
+        }))
     }
 
     async fn add_references(

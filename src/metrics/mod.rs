@@ -188,7 +188,7 @@ impl Metrics {
     fn recipe_changed(&self, event: &RecipeEvent) {
         let (change, enrolled) = match event.change {
             RecipeChange::Created => ("created", false),
-            RecipeChange::SettingsChanged { rebuilt } => ("settings", rebuilt),
+            RecipeChange::SettingsChanged { rebuilt, .. } => ("settings", rebuilt),
             RecipeChange::ReferencesAdded { .. } => ("references", true),
             RecipeChange::Deleted => ("deleted", false),
             RecipeChange::Damaged { .. } => ("damaged", false),
@@ -450,8 +450,14 @@ mod tests {
                 added: 5,
                 replaced: false,
             },
-            RecipeChange::SettingsChanged { rebuilt: true },
-            RecipeChange::SettingsChanged { rebuilt: false },
+            RecipeChange::SettingsChanged {
+                changed: Vec::new(),
+                rebuilt: true,
+            },
+            RecipeChange::SettingsChanged {
+                changed: Vec::new(),
+                rebuilt: false,
+            },
             RecipeChange::Damaged {
                 reason: "broken".into(),
             },

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, HeatmapFormat, InspectOptions, MatchMode, RecipeSettings, Verdict};
+use crate::engine::{
+    self, HeatmapFormat, InspectOptions, MatchMode, RecipeSettings, Setting, SettingsUpdate, Verdict,
+};
 use crate::imaging::{OwnedFrame, PixelFormat, Roi};
 use crate::proto;
 use crate::server::{InspectRequest, Inspected, RecipeState, Timings};
@@ -64,6 +66,70 @@ pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<Re
         mask_png: p.mask_png.to_vec(),
         reference_size: or(p.reference_size, defaults.reference_size),
     })
+}
+
+/// A settings change from UpdateRecipe's `settings` and `update_mask`
+/// (AIP-134): the named fields, `*` for all, or with no mask the fields the
+/// message sets.
+pub fn settings_update_from_proto(
+    settings: Option<proto::RecipeSettings>,
+    mask: Option<prost_types::FieldMask>,
+) -> Result<SettingsUpdate, ConvertError> {
+    let named = match mask {
+        Some(mask) if !mask.paths.is_empty() => Some(mask_settings(&mask.paths)?),
+        _ => None,
+    };
+    let changed = match named {
+        Some(named) => named,
+        None => settings.as_ref().map(set_settings).unwrap_or_default(),
+    };
+    Ok(SettingsUpdate {
+        values: settings_from_proto(settings)?,
+        settings: changed,
+    })
+}
+
+/// The settings an update mask names; an unknown path is refused, naming
+/// the ones there are.
+fn mask_settings(paths: &[String]) -> Result<Vec<Setting>, ConvertError> {
+    if paths.iter().any(|path| path == "*") {
+        return Ok(Setting::ALL.to_vec());
+    }
+    let mut named = Vec::new();
+    for path in paths {
+        let field = path.strip_prefix("settings.").unwrap_or(path);
+        let Some(setting) = Setting::from_field(field) else {
+            return Err(invalid(format!(
+                "update_mask names {}, which is not a setting; the settings are {} (or * for all)",
+                crate::text::quoted(path),
+                Setting::all_fields().join(", ")
+            )));
+        };
+        if !named.contains(&setting) {
+            named.push(setting);
+        }
+    }
+    Ok(named)
+}
+
+/// The settings a message sets: non-zero, non-empty, true.
+fn set_settings(p: &proto::RecipeSettings) -> Vec<Setting> {
+    Setting::ALL
+        .into_iter()
+        .filter(|setting| match setting {
+            Setting::InputSize => p.input_width != 0 || p.input_height != 0,
+            Setting::KeepAspect => p.keep_aspect,
+            Setting::MatchMode => p.match_mode != 0,
+            Setting::Neighborhood => p.neighborhood != 0,
+            Setting::MinRegionArea => p.min_region_area != 0,
+            Setting::Threshold => p.threshold.is_some(),
+            Setting::Sensitivity => p.sensitivity != 0.0,
+            Setting::TargetFalseRejectRate => p.target_false_reject_rate != 0.0,
+            Setting::Roi => p.roi.is_some(),
+            Setting::Mask => !p.mask_png.is_empty(),
+            Setting::ReferenceSize => p.reference_size != 0,
+        })
+        .collect()
 }
 
 /// The proto form of engine settings, defaults filled in.
@@ -130,6 +196,7 @@ pub fn recipe_to_proto(record: &RecipeRecord, threshold: f32) -> proto::Recipe {
         calibration: None,
         status: proto::RecipeStatus::Unspecified as i32,
         status_reason: String::new(),
+        reference_rebuilt: false,
     }
 }
 
@@ -323,6 +390,35 @@ pub fn error_response(frame_id: String, status: &tonic::Status) -> proto::Inspec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_changes_what_its_mask_names_or_else_what_it_sets() {
+        let sensitivity = proto::RecipeSettings {
+            sensitivity: 1.5,
+            ..Default::default()
+        };
+        let implied = settings_update_from_proto(Some(sensitivity.clone()), None).unwrap();
+        assert_eq!(implied.settings, [Setting::Sensitivity]);
+        let mask = |paths: &[&str]| {
+            Some(prost_types::FieldMask {
+                paths: paths.iter().map(|&p| p.to_owned()).collect(),
+            })
+        };
+        let named = settings_update_from_proto(
+            Some(sensitivity.clone()),
+            mask(&["settings.threshold", "input_height", "input_width"]),
+        )
+        .unwrap();
+        assert_eq!(named.settings, [Setting::Threshold, Setting::InputSize]);
+        let all = settings_update_from_proto(Some(sensitivity.clone()), mask(&["*"])).unwrap();
+        assert_eq!(all.settings, Setting::ALL);
+        let error = settings_update_from_proto(Some(sensitivity), mask(&["keepaspect"])).unwrap_err();
+        assert!(
+            error.0.contains("\"keepaspect\", which is not a setting"),
+            "{error}"
+        );
+        assert!(error.0.contains("keep_aspect"), "{error}");
+    }
 
     #[test]
     fn unset_fields_take_the_defaults_and_round_trip() {

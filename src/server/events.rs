@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::{Batch, Timings};
-use crate::engine::{Region, Verdict};
+use crate::engine::{Region, Setting, Verdict};
 use crate::imaging::{Geometry, Image};
 use crate::scoring::map::AnomalyMap;
 
@@ -96,6 +96,8 @@ pub enum RecipeChange {
     /// Its settings changed; `rebuilt` says whether the reference had to be
     /// built again from the stored good frames.
     SettingsChanged {
+        /// The settings that changed.
+        changed: Vec<Setting>,
         /// The reference was rebuilt.
         rebuilt: bool,
     },

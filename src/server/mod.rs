@@ -27,7 +27,9 @@ pub use events::{
 pub use inspect::{InspectStream, STREAM_IN_FLIGHT, StreamAnswer, StreamClosed};
 pub use registry::RecipeState;
 
-use crate::engine::{Engine, EngineError, HeatmapImage, InspectOptions, RecipeSettings, Region, Verdict};
+use crate::engine::{
+    Engine, EngineError, HeatmapImage, InspectOptions, RecipeSettings, Region, SettingsUpdate, Verdict,
+};
 use crate::imaging::{DecodeLimits, OwnedFrame};
 use crate::model::{self, ModelConfig, ModelError, ModelSource};
 use crate::runtime::Runtime;
@@ -344,18 +346,20 @@ impl Server {
         .await
     }
 
-    /// Replaces a recipe's settings, rebuilding the reference when they change
-    /// what it holds; the flag says whether it was rebuilt.
+    /// Changes some of a recipe's settings (applied to the current ones
+    /// under the recipe lock, so concurrent updates of different settings
+    /// all hold), rebuilding the reference when the change alters what it
+    /// holds; the flag says whether it was rebuilt.
     pub async fn update_recipe(
         self: &Arc<Self>,
         name: &str,
-        settings: RecipeSettings,
+        update: SettingsUpdate,
         peer: Option<SocketAddr>,
     ) -> Result<(Arc<RecipeState>, bool), Error> {
         let (server, name) = (self.clone(), name.to_owned());
         detached(async move {
-            let (state, rebuilt) = server.registry.update(&name, settings, &server.worker).await?;
-            server.recipe_changed(&state, RecipeChange::SettingsChanged { rebuilt }, peer);
+            let (state, changed, rebuilt) = server.registry.update(&name, &update, &server.worker).await?;
+            server.recipe_changed(&state, RecipeChange::SettingsChanged { changed, rebuilt }, peer);
             Ok((state, rebuilt))
         })
         .await

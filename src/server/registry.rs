@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Mutex, oneshot};
 
-use crate::engine::{Judge, RecipeSettings};
+use crate::engine::{Judge, RecipeSettings, Setting, SettingsUpdate};
 use crate::failpoint::stop_here as failpoint;
 use crate::imaging::{DecodeLimits, OwnedFrame};
 use crate::store::{self, RecipeRecord, Store, StoreError};
@@ -202,19 +202,23 @@ impl Registry {
         }))
     }
 
-    /// Replaces a recipe's settings; rebuilds the reference from the stored
-    /// good frames when the new settings change what it holds (the flag says
-    /// whether it did).
+    /// Applies `update` to a recipe's settings; rebuilds the reference from
+    /// the stored good frames when the new settings change what it holds.
+    /// Returns the settings that changed and whether it rebuilt.
     pub async fn update(
         &self,
         name: &str,
-        settings: RecipeSettings,
+        update: &SettingsUpdate,
         worker: &Worker,
-    ) -> Result<(Arc<RecipeState>, bool), Error> {
-        self.validate(&settings).await?;
+    ) -> Result<(Arc<RecipeState>, Vec<Setting>, bool), Error> {
+        // Merged under the lock, so that two updates of different settings
+        // do not undo each other.
         let _write = self.writes.lock().await;
         let current = self.get(name)?;
         current.usable()?;
+        let settings = update.apply(&current.record.settings);
+        self.validate(&settings).await?;
+        let changed = current.record.settings.changes(&settings);
         let mut record = current.record.clone();
         let rebuild = record.frame_count > 0 && record.settings.reference_changes(&settings);
         record.settings = settings.clone();
@@ -234,7 +238,7 @@ impl Registry {
                 None => None,
             }
         };
-        Ok((self.commit(record, judge).await?, rebuild))
+        Ok((self.commit(record, judge).await?, changed, rebuild))
     }
 
     /// Adds good frames (or replaces them all) and rebuilds the reference
