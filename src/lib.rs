@@ -1,8 +1,9 @@
 //! Loupe: visual quality inspection against a golden reference.
 //!
 //! Layers, arrows pointing down: transport ([`grpc`]; [`proto`] converts its
-//! messages) -> server core ([`server`]: admission, batching, worker,
-//! recipes, [`store`], events) -> [`engine`] (sync: enroll, judge; over
+//! messages; [`metrics`], the Prometheus listener fed by the core's events)
+//! -> server core ([`server`]: admission, batching, worker, recipes,
+//! [`store`], events) -> [`engine`] (sync: enroll, judge; over
 //! [`imaging`], [`scoring`], [`mod@reference`]) -> [`model`] (a trait, ONNX
 //! Runtime behind it). A new front end goes beside [`grpc`] and is wired up
 //! in [`serve`]; a new model kind or device goes in [`model`].
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod grpc;
 pub mod imaging;
+pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod reference;

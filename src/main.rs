@@ -138,6 +138,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
             .map_err(|error| match error {
                 ServeError::Model(error) => setup(error),
                 error @ ServeError::Grpc(GrpcError::Tls { .. }) => setup(error),
+                error @ ServeError::Metrics(_) => setup(error),
                 ServeError::Start(StartError::Store(error @ StoreError::Locked { .. })) => setup(error),
                 other => Failure::Other(other.into()),
             })

@@ -5,6 +5,7 @@
 //! attached here.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
@@ -12,9 +13,10 @@ use crate::config::ServeConfig;
 use crate::engine::EngineError;
 use crate::grpc::{self, GrpcError};
 use crate::imaging::DecodeLimits;
+use crate::metrics::{Metrics, MetricsError};
 use crate::model::ModelError;
 use crate::runtime::Runtime;
-use crate::server::{Events, ReferenceLimits, Server, ServerConfig, StartError};
+use crate::server::{Events, ReferenceLimits, Server, ServerConfig, StartError, Starting, SubscribeOptions};
 
 /// Why `loupe serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,9 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// The engine thread died while starting.
     #[error("the engine thread stopped unexpectedly")]
     Worker,
@@ -80,7 +85,8 @@ pub fn server_config(config: &ServeConfig) -> ServerConfig {
     }
 }
 
-/// Runs the service on `listener` until `shutdown` completes.
+/// Runs the service on `listener` until `shutdown` completes, with the
+/// Prometheus metrics on `config.metrics_listen` when it is set.
 ///
 /// Health reports NOT_SERVING until the model is loaded and warmed on the
 /// engine thread, then SERVING. A model that fails to load stops the server
@@ -104,13 +110,113 @@ pub async fn serve_with_events(
     events: Events,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let transport = grpc::Transport::new(&config.security)?;
-    let starting = Server::start(server_config(&config), runtime, events).await?;
-    let server = starting.server;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    let listeners = Listeners {
+        grpc: listener,
+        metrics,
+    };
+    serve_with_listeners(config, runtime, listeners, events, shutdown).await
+}
 
+/// The sockets `loupe serve` answers on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Prometheus metrics; `None` serves none (whatever
+    /// `--metrics-listen` said).
+    pub metrics: Option<TcpListener>,
+}
+
+/// [`serve_with_events`] on sockets the caller bound.
+pub async fn serve_with_listeners(
+    config: ServeConfig,
+    runtime: Runtime,
+    listeners: Listeners,
+    events: Events,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let transport = grpc::Transport::new(&config.security)?;
+    // Subscribed before the core starts, so that recipes found damaged at
+    // start-up are counted.
+    let metrics = listeners.metrics.map(|listener| {
+        (
+            Metrics::new(),
+            events.subscribe(SubscribeOptions::default()),
+            listener,
+        )
+    });
+    let starting = Server::start(server_config(&config), runtime, events).await?;
+    let (failed_calls, metrics_tasks) = match metrics {
+        Some((metrics, subscription, listener)) => {
+            let addr = listener
+                .local_addr()
+                .map_or_else(|_| "an unknown address".to_owned(), |addr| addr.to_string());
+            tracing::info!(%addr, "serving metrics on GET /metrics");
+            let registry = Arc::new(metrics.registry(Some(starting.server.clone())));
+            let listening = tokio::spawn(async move {
+                if let Err(error) = crate::metrics::serve(registry, listener, std::future::pending()).await {
+                    tracing::error!(%error, "the metrics listener stopped");
+                }
+            });
+            let tasks = [metrics.spawn_subscriber(subscription), listening];
+            let calls: Arc<dyn grpc::calls::FailedCalls> = Arc::new(metrics);
+            (Some(calls), Attached(tasks.into()))
+        }
+        None => (None, Attached(Vec::new())),
+    };
+    let outcome = serve_core(
+        config,
+        starting,
+        transport,
+        listeners.grpc,
+        failed_calls,
+        shutdown,
+    )
+    .await;
+    metrics_tasks.stop().await;
+    outcome
+}
+
+/// Tasks that end with the server: aborted when dropped too, so that a
+/// server future dropped half-way leaves none behind.
+struct Attached(Vec<tokio::task::JoinHandle<()>>);
+
+impl Attached {
+    /// Aborts the tasks and waits until they are gone: the metrics listener
+    /// holds the core, which must be closed when `serve` returns, so that a
+    /// new server may open the same data folder at once.
+    async fn stop(mut self) {
+        for task in std::mem::take(&mut self.0) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The gRPC transport over a starting core, until `shutdown`.
+async fn serve_core(
+    config: ServeConfig,
+    starting: Starting,
+    transport: grpc::Transport,
+    listener: TcpListener,
+    failed_calls: Option<Arc<dyn grpc::calls::FailedCalls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let Starting { server, ready, died } = starting;
     let (serving_tx, serving_rx) = tokio::sync::oneshot::channel::<()>();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
-    let (ready, died) = (starting.ready, starting.died);
     tokio::spawn(async move {
         match ready.await {
             Ok(Ok(())) => {
@@ -172,6 +278,7 @@ pub async fn serve_with_events(
             max_connections: config.limits.max_connections,
             max_receive_bytes: config.limits.max_receive_bytes,
         },
+        failed_calls,
         serving,
         stop,
     );

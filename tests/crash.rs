@@ -41,8 +41,11 @@ impl Loupe {
     /// waits until it is SERVING.
     async fn start(data: &Path, failpoint: Option<&str>) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_loupe"));
+        // Tests run servers side by side: none may take the default
+        // metrics port.
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--threads", "1", "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none"])
+            .args(["--threads", "1", "--data-dir"])
             .arg(data)
             .env_remove(loupe::failpoint::VAR)
             .stdout(Stdio::null())
@@ -477,7 +480,14 @@ async fn a_second_server_on_the_same_data_folder_exits_with_a_clear_message() {
     let data = tempfile::tempdir().unwrap();
     let first = Loupe::start(data.path(), None).await;
     let second = Command::new(env!("CARGO_BIN_EXE_loupe"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "none",
+            "--data-dir",
+        ])
         .arg(data.path())
         .output()
         .unwrap();

@@ -61,6 +61,7 @@ impl Loopback {
         let data = tempfile::tempdir().unwrap();
         let config = loupe::config::ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             data_dir: data.path().to_path_buf(),
             engine: loupe::config::EngineConfig {
                 onnxruntime: None,

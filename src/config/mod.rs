@@ -20,7 +20,9 @@ pub use client::{
     ClientConfig, ClientTls, CredentialArgs, InspectArgs, RecipeAction, RecipeArgs, ServerArgs, Token,
 };
 pub use engine::{EngineArgs, EngineConfig};
-pub use serve::{DEFAULT_MAX_BATCH, Limits, Security, ServeArgs, ServeConfig, ServerTls, is_loopback};
+pub use serve::{
+    DEFAULT_MAX_BATCH, Limits, MetricsListen, Security, ServeArgs, ServeConfig, ServerTls, is_loopback,
+};
 pub use settings::SettingsArgs;
 pub use tls::{Identity, PemFile};
 
@@ -261,6 +263,31 @@ mod tests {
         assert!(config.engine.model.threads >= 1);
         assert!(config.engine.model.path.is_none());
         assert_eq!(config.engine.model.device, crate::model::Device::Cpu);
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_and_none_turns_it_off() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(serve(&["--metrics-listen", "none"]).unwrap().metrics_listen, None);
+        assert_eq!(
+            serve(&["--metrics-listen", "127.0.0.1:0"])
+                .unwrap()
+                .metrics_listen,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        let error = serve(&["--metrics-listen", "off"]).unwrap_err();
+        assert!(
+            error.contains("--metrics-listen") && error.contains("`none`"),
+            "{error}"
+        );
+        let config = serve(&["--metrics-listen", "0.0.0.0:9464"]).unwrap();
+        let warnings = config.exposure_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("serving metrics on 0.0.0.0:9464"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

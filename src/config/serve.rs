@@ -20,6 +20,16 @@ pub struct ServeArgs {
     #[arg(long, env = "LOUPE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address to serve Prometheus metrics on (plain HTTP, `GET /metrics`,
+    /// text exposition format), or `none` to serve none.
+    #[arg(
+        long,
+        env = "LOUPE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464",
+        value_name = "ADDR|none"
+    )]
+    pub metrics_listen: MetricsListen,
+
     /// Folder for recipes and references; created if missing.
     #[arg(
         long,
@@ -141,6 +151,24 @@ pub struct ServeArgs {
     pub insecure: bool,
 }
 
+/// Where `--metrics-listen` says to serve metrics: an address, or nowhere
+/// (`none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(Self(None));
+        }
+        text.parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|_| format!("expected an address such as 127.0.0.1:9464, or `none`; got `{text}`"))
+    }
+}
+
 /// Waiting frames judged together by default. With 4 frames in flight on a
 /// stream, batches of 2 leave the other 2 frames travelling and decoding
 /// while the engine works; batches of up to 4 measured slower
@@ -200,6 +228,8 @@ impl Default for Limits {
 pub struct ServeConfig {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Metrics listen address; `None` serves no metrics.
+    pub metrics_listen: Option<SocketAddr>,
     /// Data folder.
     pub data_dir: PathBuf,
     /// Engine settings.
@@ -245,8 +275,20 @@ impl ServeConfig {
     /// they may do there. Empty on loopback. (Plaintext off loopback got
     /// past [`ServeArgs::resolve`] only with `--insecure`.)
     pub fn exposure_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(metrics) = self.metrics_listen.filter(|addr| !is_loopback(addr)) {
+            warnings.push(format!(
+                "serving metrics on {metrics} over plain HTTP without tokens: anyone on the network can read \
+                 recipe names and inspection counts"
+            ));
+        }
+        warnings.extend(self.grpc_exposure_warning());
+        warnings
+    }
+
+    fn grpc_exposure_warning(&self) -> Option<String> {
         if is_loopback(&self.listen) {
-            return Vec::new();
+            return None;
         }
         let listen = self.listen;
         let tokens = self.security.tokens.is_some();
@@ -259,7 +301,7 @@ impl ServeConfig {
                 "serving gRPC on {listen} without TLS or tokens (--insecure): anyone on the network can read \
                  frames and verdicts, and change or delete recipes"
             ),
-            Some(_) if tokens => return Vec::new(),
+            Some(_) if tokens => return None,
             Some(tls) if tls.client_ca.is_some() => format!(
                 "no --auth-tokens on {listen}: any client with a certificate from --tls-client-ca may change \
                  or delete recipes"
@@ -268,7 +310,7 @@ impl ServeConfig {
                 format!("no --auth-tokens on {listen}: anyone who can reach it may change or delete recipes")
             }
         };
-        vec![warning]
+        Some(warning)
     }
 }
 
@@ -315,6 +357,7 @@ impl ServeArgs {
         }
         Ok(ServeConfig {
             listen: self.listen,
+            metrics_listen: self.metrics_listen.0,
             data_dir: self.data_dir.clone(),
             engine: self.engine.resolve()?,
             limits: Limits {

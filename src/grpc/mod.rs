@@ -5,9 +5,11 @@
 //! service is reached: TLS here, the token check for every call in
 //! [`auth`], and the client end in [`client`]; the core knows nothing of
 //! either. What the server receives is bounded here too: open connections
-//! in [`connections`], request message bytes in [`receive`].
+//! in [`connections`], request message bytes in [`receive`]. [`calls`]
+//! counts failed calls for whoever asks (the metrics).
 
 pub mod auth;
+pub mod calls;
 pub mod client;
 pub mod connections;
 mod inspection;
@@ -166,12 +168,14 @@ impl Transport {
 /// Serves the core on `listener` through `transport` until `stop`
 /// completes, then lets calls in flight finish. Health says NOT_SERVING
 /// until `serving` completes (the core is ready), SERVING after, and
-/// NOT_SERVING again once `stop` has.
+/// NOT_SERVING again once `stop` has. Failed calls are counted into
+/// `failed_calls` when given.
 pub async fn serve(
     server: Arc<Server>,
     transport: Transport,
     listener: TcpListener,
     bounds: Bounds,
+    failed_calls: Option<Arc<dyn calls::FailedCalls>>,
     serving: impl Future<Output = ()> + Send + 'static,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError> {
@@ -215,6 +219,8 @@ pub async fn serve(
         .initial_connection_window_size(2 * FLOW_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Outside the token check, so that refused calls are counted too.
+        .layer(calls::CallsLayer::new(failed_calls))
         // One check for every service, health and reflection included
         // (the layer lets those through itself).
         .layer(auth::AuthLayer::new(transport.tokens))

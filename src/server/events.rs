@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::Timings;
+use super::{Batch, Timings};
 use crate::engine::{Region, Setting, Verdict};
 use crate::imaging::{Geometry, Image};
 use crate::scoring::map::AnomalyMap;
@@ -53,6 +53,8 @@ pub struct InspectionEvent {
     pub regions: Vec<Region>,
     /// Where the time went.
     pub timings: Timings,
+    /// The model run that judged it.
+    pub batch: Batch,
     /// The client's address, when the transport knows it.
     pub peer: Option<SocketAddr>,
     /// The decoded frame and the anomaly map, for subscribers that asked for
@@ -256,6 +258,7 @@ impl InspectionEvent {
             threshold: self.threshold,
             regions: self.regions.clone(),
             timings: self.timings,
+            batch: self.batch,
             peer: self.peer,
             images: None,
         }

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::error::OVERLOADED;
 use super::events::{Event, InspectionEvent, InspectionImages};
 use super::worker::{InspectJob, Job};
-use super::{Error, InspectRequest, Inspected, Server, Timings};
+use super::{Batch, Error, InspectRequest, Inspected, Server, Timings};
 use crate::engine::{HeatmapFormat, InspectOptions, Inspection, Judge};
 use crate::imaging::{self, DecodeCost, DecodeLimits, Image};
 use crate::scoring::heatmap::output_size;
@@ -94,6 +94,7 @@ enum Patience {
 pub(super) struct Inspector {
     limits: DecodeLimits,
     slots: Arc<Semaphore>,
+    max_pending: usize,
     /// The share of `slots` streams may hold, so that waiting streams never
     /// starve unary calls of every slot.
     stream_slots: Arc<Semaphore>,
@@ -121,12 +122,18 @@ impl Inspector {
         Self {
             limits,
             slots: Arc::new(Semaphore::new(max_pending)),
+            max_pending,
             stream_slots: Arc::new(Semaphore::new(stream_share(max_pending))),
             budget: Arc::new(Semaphore::new(units)),
             budget_bytes: budget,
             max_response_bytes,
             images: ImagePool::default(),
         }
+    }
+
+    /// Frames admitted and not yet answered.
+    pub(super) fn in_flight(&self) -> usize {
+        self.max_pending.saturating_sub(self.slots.available_permits())
     }
 
     /// The per-frame limits.
@@ -235,6 +242,7 @@ impl Inspector {
 struct Judged {
     recipe: String,
     inspected: Inspected,
+    batch: Batch,
     inspection: Inspection,
     image: Image,
     peer: Option<std::net::SocketAddr>,
@@ -354,7 +362,7 @@ impl Server {
                 .map_err(|_| Error::DeadlineExceeded("the deadline passed during inspection".into()))?,
             None => answer.await,
         };
-        let (mut inspection, waited, image) =
+        let (mut inspection, waited, batch, image) =
             answer.map_err(|_| Error::Unavailable("the engine stopped".into()))??;
         let engine = inspection.timings;
         let inspected = Inspected {
@@ -378,6 +386,7 @@ impl Server {
         Ok(Judged {
             recipe: name,
             inspected,
+            batch,
             inspection,
             image,
             peer,
@@ -391,6 +400,7 @@ impl Server {
         let Judged {
             recipe,
             inspected,
+            batch,
             inspection,
             image,
             peer,
@@ -418,6 +428,7 @@ impl Server {
                 threshold: inspected.threshold,
                 regions: inspected.regions.clone(),
                 timings: inspected.timings,
+                batch,
                 peer,
                 images,
             })));

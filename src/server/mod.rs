@@ -137,6 +137,16 @@ pub struct Timings {
     pub total: Duration,
 }
 
+/// The model run a frame was judged in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Frames judged together in that run (1 without batching).
+    pub size: usize,
+    /// Whether this frame was the run's first, so that a subscriber can
+    /// count each run once.
+    pub first: bool,
+}
+
 /// A judged frame, as the client gets it.
 #[derive(Debug, Clone)]
 pub struct Inspected {
@@ -267,6 +277,12 @@ impl Server {
             reference_calls: Arc::new(tokio::sync::Semaphore::new(REFERENCE_CALLS)),
         });
         Ok(Starting { server, ready, died })
+    }
+
+    /// Frames accepted for inspection and not yet answered (the slots of
+    /// `max_pending` in use): a cheap look at two counters, for gauges.
+    pub fn frames_in_flight(&self) -> usize {
+        self.inspector.in_flight()
     }
 
     /// The event fan-out, to subscribe to.

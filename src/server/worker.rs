@@ -12,6 +12,7 @@ use crate::engine::{Engine, EngineError, EnrollError, InspectOptions, Inspection
 use crate::imaging::{Image, OwnedFrame};
 use crate::reference::Reference;
 
+use super::Batch;
 use super::queue::{Batchable, Queue};
 
 /// Work for the engine thread.
@@ -41,9 +42,9 @@ pub struct InspectJob {
     pub queued: Instant,
     /// Past this instant the work is dropped.
     pub deadline: Option<Instant>,
-    /// The answer, the time spent waiting, and the image buffer back for
-    /// reuse.
-    pub reply: oneshot::Sender<Result<(Inspection, Duration, Image), JobError>>,
+    /// The answer, the time spent waiting, the model run it was judged in,
+    /// and the image buffer back for reuse.
+    pub reply: oneshot::Sender<Result<(Inspection, Duration, Batch, Image), JobError>>,
 }
 
 /// Frames of the same recipe object and size share a model run.
@@ -302,9 +303,14 @@ fn inspect(engine: &mut Engine, jobs: Vec<InspectJob>) {
         options.push(job.options);
     }
     let results = engine.inspect_images(&judge, &images, &options);
-    for (((job, waited), image), result) in live.into_iter().zip(images).zip(results) {
+    let size = live.len();
+    for (index, (((job, waited), image), result)) in live.into_iter().zip(images).zip(results).enumerate() {
+        let batch = Batch {
+            size,
+            first: index == 0,
+        };
         let answer = result
-            .map(|inspection| (inspection, waited, image))
+            .map(|inspection| (inspection, waited, batch, image))
             .map_err(JobError::from);
         let _ = job.reply.send(answer);
     }

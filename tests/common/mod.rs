@@ -44,6 +44,7 @@ pub fn bundled_model(threads: usize) -> Box<dyn FeatureExtractor> {
 pub fn config(data_dir: &Path) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
         data_dir: data_dir.to_path_buf(),
         engine: EngineConfig {
             onnxruntime: None,
@@ -63,6 +64,8 @@ pub fn config(data_dir: &Path) -> ServeConfig {
 /// A running server; dropping it without [`TestServer::stop`] aborts it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where its metrics are served, when asked for.
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), loupe::serve::ServeError>>>,
 }
@@ -75,13 +78,33 @@ impl TestServer {
 
     /// [`TestServer::start`], publishing the core's events on `events`.
     pub async fn start_with_events(config: ServeConfig, events: loupe::server::Events) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with_listeners(config, events, false).await
+    }
+
+    /// [`TestServer::start`] with Prometheus metrics on 127.0.0.1:0 too.
+    pub async fn start_with_metrics(config: ServeConfig) -> Self {
+        Self::start_with_listeners(config, loupe::server::Events::new(), true).await
+    }
+
+    async fn start_with_listeners(config: ServeConfig, events: loupe::server::Events, metrics: bool) -> Self {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let listener = bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = if metrics {
+            Some(bind().await.unwrap())
+        } else {
+            None
+        };
+        let metrics_addr = metrics.as_ref().map(|listener| listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(loupe::serve::serve_with_events(
+        let listeners = loupe::serve::Listeners {
+            grpc: listener,
+            metrics,
+        };
+        let task = tokio::spawn(loupe::serve::serve_with_listeners(
             config,
             runtime(),
-            listener,
+            listeners,
             events,
             async move {
                 let _ = stop_rx.await;
@@ -89,6 +112,7 @@ impl TestServer {
         ));
         Self {
             addr,
+            metrics: metrics_addr,
             stop: Some(stop_tx),
             task: Some(task),
         }
