@@ -265,6 +265,8 @@ pub async fn inspect(server: &ClientConfig, args: InspectArgs) -> Result<Inspect
         let heatmap = args.heatmap.as_ref().map(|_| proto::HeatmapOptions {
             format: proto::HeatmapFormat::OverlayPng as i32,
             max_size: 0,
+            outline_regions: !args.plain_heatmap,
+            stamp_verdict: !args.plain_heatmap,
         });
         let answer = match read_frame(file) {
             Ok(frame) => {

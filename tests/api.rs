@@ -51,6 +51,8 @@ async fn enroll_then_inspect_a_good_and_a_scratched_part() {
     bad.heatmap = Some(HeatmapOptions {
         format: HeatmapFormat::OverlayPng as i32,
         max_size: 128,
+        outline_regions: true,
+        stamp_verdict: true,
     });
     let bad = inspection.inspect(bad).await.unwrap().into_inner();
     assert_eq!(
@@ -68,6 +70,27 @@ async fn enroll_then_inspect_a_good_and_a_scratched_part() {
         (128, 128, "image/png")
     );
     assert!(heatmap.data.starts_with(b"\x89PNG"));
+    // The stamp (red for FAIL, in the corner) and the white outline of the
+    // scratch's region, at the overlay's scale.
+    let overlay = image::load_from_memory(&heatmap.data).unwrap().to_rgb8();
+    assert_eq!(overlay.get_pixel(0, 0).0, [190, 20, 20]);
+    let scale = 128.0 / common::PART_SIZE as f64;
+    let region = bad
+        .regions
+        .iter()
+        .find(|r| r.y as f64 * scale > 30.0)
+        .expect("a region below the stamp");
+    let corner = |x: u32, y: u32| {
+        overlay
+            .get_pixel((f64::from(x) * scale) as u32, (f64::from(y) * scale) as u32)
+            .0
+    };
+    assert_eq!(
+        corner(region.x, region.y),
+        [255, 255, 255],
+        "regions {:?}",
+        bad.regions
+    );
     server.stop().await.unwrap();
 }
 
@@ -529,6 +552,8 @@ async fn a_heatmap_that_cannot_fit_an_answer_is_refused_before_the_work_and_list
     call.heatmap = Some(HeatmapOptions {
         format: HeatmapFormat::RawU8 as i32,
         max_size: 0,
+
+        ..Default::default()
     });
     let status = inspection.inspect(call.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -542,6 +567,8 @@ async fn a_heatmap_that_cannot_fit_an_answer_is_refused_before_the_work_and_list
     call.heatmap = Some(HeatmapOptions {
         format: HeatmapFormat::RawU8 as i32,
         max_size: 256,
+
+        ..Default::default()
     });
     let answer = inspection.inspect(call).await.unwrap().into_inner();
     assert_eq!(answer.heatmap.unwrap().width, 256);

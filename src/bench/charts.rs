@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use super::dataset::Format;
 use super::metrics;
 use super::report::{Report, number};
+use crate::scoring::heatmap;
 
 const PLOT: f64 = 300.0;
 const MARGIN: f64 = 48.0;
@@ -319,4 +320,60 @@ pub fn histogram_svg(report: &Report, scores: &[f32], labels: &[bool]) -> String
         totals[1]
     );
     svg
+}
+
+/// The heatmaps' colour scale as a bar from score 0 to twice the
+/// threshold, with the threshold marked: one rectangle per heatmap byte,
+/// in the colours the overlays use.
+pub fn colour_bar_svg() -> String {
+    const WIDTH: f64 = 512.0;
+    const BAR: f64 = 18.0;
+    let step = WIDTH / 256.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"44\" role=\"img\" aria-label=\"heatmap colour scale\">",
+        WIDTH + 2.0 * MARGIN
+    );
+    for byte in 0..=255u8 {
+        let [r, g, b] = heatmap::color_of(byte);
+        let _ = write!(
+            svg,
+            "<rect x=\"{:.2}\" y=\"4\" width=\"{:.2}\" height=\"{BAR}\" fill=\"rgb({r},{g},{b})\"/>",
+            MARGIN + f64::from(byte) * step,
+            step + 0.05
+        );
+    }
+    let at = |fraction: f64| MARGIN + fraction * WIDTH;
+    let _ = write!(
+        svg,
+        "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"0\" y2=\"{1}\" stroke=\"#000\" stroke-width=\"1.5\"/>",
+        at(f64::from(heatmap::THRESHOLD_BYTE + 1) / 256.0),
+        BAR + 8.0
+    );
+    for (fraction, label, anchor) in [
+        (0.0, "0", "start"),
+        (0.5, "threshold", "middle"),
+        (1.0, "2x threshold and above", "end"),
+    ] {
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"40\" font-size=\"12\" text-anchor=\"{anchor}\">{label}</text>",
+            at(fraction)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[cfg(test)]
+mod colour_bar_tests {
+    use super::*;
+
+    #[test]
+    fn the_colour_bar_has_every_colour_and_names_the_threshold() {
+        let svg = colour_bar_svg();
+        assert_eq!(svg.matches("<rect").count(), 256);
+        let [r, g, b] = heatmap::color_of(255);
+        assert!(svg.contains(&format!("rgb({r},{g},{b})")));
+        assert!(svg.contains(">threshold<"));
+    }
 }

@@ -91,6 +91,11 @@ pub fn render(report: &Report, records: &[Record], gallery: &Gallery) -> String 
     let _ = write!(page, "</div><div><h2>{}</h2>", SECTIONS[3]);
     page.push_str(&charts::histogram_svg(report, &scores, &labels));
     page.push_str("</div></div>");
+    let _ = write!(
+        page,
+        "<p class=\"sub\">Heatmap colours, from score 0 to twice the threshold: blue to yellow-green below the threshold, orange to dark red above it; white boxes outline the defect regions.</p>{}",
+        charts::colour_bar_svg()
+    );
     let threshold_note = if report.format == Format::Pairs {
         "each frame is judged against its own reference's threshold"
     } else {

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ClientConfig, EngineConfig};
 use crate::engine::{
-    Engine, EnrollError, HeatmapFormat, InputSize, InspectOptions, Judge, RecipeSettings, Region, Verdict,
+    Engine, EnrollError, HeatmapFormat, InputSize, InspectOptions, Judge, Marks, RecipeSettings, Region,
+    Verdict,
 };
 use crate::grpc::client::{self, Connection};
 use crate::imaging::{DecodeLimits, FrameData, OwnedFrame};
@@ -20,6 +21,13 @@ use crate::runtime::{self, Lookup};
 use crate::scoring::map::{AnomalyMap, resize_f32};
 
 use super::BenchError;
+
+/// Marks on the gallery's overlays: region outlines; the verdict is in the
+/// caption, and a stamp would cover much of a thumbnail.
+const GALLERY_MARKS: Marks = Marks {
+    outlines: true,
+    stamp: false,
+};
 
 /// The model a local run used, for the report.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -265,6 +273,7 @@ impl Local {
         let judge = self.judge.as_ref().ok_or_else(not_enrolled)?;
         let options = InspectOptions {
             heatmap: Some((HeatmapFormat::OverlayPng, max_size)),
+            marks: GALLERY_MARKS,
         };
         let inspection = self
             .engine
@@ -333,6 +342,8 @@ impl Remote {
             heatmap: heatmap.map(|(format, max_size)| proto::HeatmapOptions {
                 format: format as i32,
                 max_size,
+                outline_regions: format == proto::HeatmapFormat::OverlayPng && GALLERY_MARKS.outlines,
+                stamp_verdict: format == proto::HeatmapFormat::OverlayPng && GALLERY_MARKS.stamp,
             }),
         })
     }

@@ -280,9 +280,14 @@ pub struct InspectArgs {
 
     /// Write a heatmap overlay PNG per file into this folder, at the
     /// file's relative path (`good/000.png` becomes
-    /// `DIR/good/000.overlay.png`), so no two inputs share one.
+    /// `DIR/good/000.overlay.png`), so no two inputs share one. Regions
+    /// are outlined and the verdict stamped on it.
     #[arg(long, env = "LOUPE_HEATMAP_DIR", value_name = "DIR")]
     pub heatmap: Option<PathBuf>,
+
+    /// Overlays without region outlines and verdict stamp.
+    #[arg(long, env = "LOUPE_PLAIN_HEATMAP", requires = "heatmap")]
+    pub plain_heatmap: bool,
 
     /// Print one JSON object a line per file (the API's fields) instead of
     /// text.

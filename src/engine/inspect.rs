@@ -8,15 +8,13 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 
 use crate::imaging::{Channels, FrameData, Geometry, Image, Roi};
 use crate::model::ModelError;
+use crate::scoring::annotate::{Outline, Stamp, annotate};
 use crate::scoring::heatmap;
 use crate::scoring::map::{AnomalyMap, resize_f32};
 use crate::scoring::nearest::Grid;
 use crate::scoring::regions::find_regions;
 
 use super::{Engine, EngineError, Judge};
-
-/// How strongly the heatmap covers the frame in overlays.
-const OVERLAY_ALPHA: f32 = 0.45;
 
 /// Pass or fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +49,21 @@ pub struct Region {
 pub enum HeatmapFormat {
     /// One byte a pixel; score = byte x scale.
     RawU8,
-    /// Turbo-coloured PNG.
+    /// PNG on the colour scale for people (the threshold where blue-green
+    /// turns orange: [`crate::scoring::heatmap`]).
     Png,
-    /// Turbo-coloured PNG blended over the frame.
+    /// That PNG blended over the frame.
     OverlayPng,
+}
+
+/// Marks drawn on the PNG heatmaps (never on the raw map).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// Outline every defect region.
+    pub outlines: bool,
+    /// Stamp the verdict, the score and the threshold in the top-left
+    /// corner.
+    pub stamp: bool,
 }
 
 /// Per-request options.
@@ -63,6 +72,8 @@ pub struct InspectOptions {
     /// The heatmap to render, with the longest side at most `.1` pixels
     /// (0: the ROI's size).
     pub heatmap: Option<(HeatmapFormat, u32)>,
+    /// Marks on PNG heatmaps.
+    pub marks: Marks,
 }
 
 /// A rendered heatmap over the ROI.
@@ -341,7 +352,20 @@ fn judgement(
     };
     let regions = frame_regions(&map, threshold, &geometry, judge.settings().min_region_area);
     let heatmap = match options.heatmap {
-        Some((format, max_size)) => Some(render(image, &map, &geometry, threshold, format, max_size)?),
+        Some((format, max_size)) => {
+            let marks = Marked {
+                marks: options.marks,
+                regions: &regions,
+                stamp: Stamp {
+                    failed: verdict == Verdict::Fail,
+                    score,
+                    threshold,
+                },
+            };
+            Some(render(
+                image, &map, &geometry, threshold, format, max_size, &marks,
+            )?)
+        }
         None => None,
     };
     Ok(Inspection {
@@ -357,8 +381,51 @@ fn judgement(
     })
 }
 
+/// The marks asked for, with what they show.
+struct Marked<'a> {
+    marks: Marks,
+    regions: &'a [Region],
+    stamp: Stamp,
+}
+
+impl Marked<'_> {
+    /// Draws the marks asked for on the `width` x `height` heatmap of `roi`.
+    fn draw(&self, rgb: Vec<u8>, roi: Roi, width: usize, height: usize) -> Vec<u8> {
+        if self.marks == Marks::default() {
+            return rgb;
+        }
+        let outlines: Vec<Outline> = if self.marks.outlines {
+            self.regions
+                .iter()
+                .map(|region| outline_in_heatmap(region, roi, width, height))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let stamp = self.marks.stamp.then_some(self.stamp);
+        annotate(rgb, width as u32, height as u32, &outlines, stamp)
+    }
+}
+
+/// A region in frame pixels as a rectangle of the `width` x `height`
+/// heatmap of `roi`.
+fn outline_in_heatmap(region: &Region, roi: Roi, width: usize, height: usize) -> Outline {
+    let sx = width as f64 / f64::from(roi.width.max(1));
+    let sy = height as f64 / f64::from(roi.height.max(1));
+    let x0 = (f64::from(region.x.saturating_sub(roi.x)) * sx).floor();
+    let y0 = (f64::from(region.y.saturating_sub(roi.y)) * sy).floor();
+    let x1 = (f64::from((region.x + region.width).saturating_sub(roi.x)) * sx).ceil();
+    let y1 = (f64::from((region.y + region.height).saturating_sub(roi.y)) * sy).ceil();
+    Outline {
+        x: x0 as u32,
+        y: y0 as u32,
+        width: ((x1 - x0) as u32).max(1),
+        height: ((y1 - y0) as u32).max(1),
+    }
+}
+
 /// Renders the map as the requested heatmap, sized to the ROI or to
-/// `max_size` on its longer side.
+/// `max_size` on its longer side, with the marks asked for on PNGs.
 fn render(
     image: &Image,
     map: &AnomalyMap,
@@ -366,6 +433,7 @@ fn render(
     threshold: f32,
     format: HeatmapFormat,
     max_size: u32,
+    marked: &Marked<'_>,
 ) -> Result<HeatmapImage, EngineError> {
     let roi = geometry.roi;
     let (width, height) = heatmap::output_size(roi.width as usize, roi.height as usize, max_size as usize);
@@ -390,9 +458,10 @@ fn render(
             if format == HeatmapFormat::OverlayPng {
                 let base = roi_rgb(image, roi, width, height)?;
                 let mut blended = Vec::new();
-                heatmap::blend(&base, &colored, OVERLAY_ALPHA, &mut blended);
+                heatmap::blend_by_heat(&base, &colored, &bytes, &mut blended);
                 colored = blended;
             }
+            let colored = marked.draw(colored, roi, width, height);
             let png = heatmap::encode_png(&colored, width, height)
                 .map_err(|error| EngineError::Heatmap(error.to_string()))?;
             (png, "image/png")

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::engine::{
-    self, HeatmapFormat, InspectOptions, MatchMode, RecipeSettings, Setting, SettingsUpdate, Verdict,
+    self, HeatmapFormat, InspectOptions, Marks, MatchMode, RecipeSettings, Setting, SettingsUpdate, Verdict,
 };
 use crate::imaging::{OwnedFrame, PixelFormat, Roi};
 use crate::proto;
@@ -214,6 +214,10 @@ pub fn inspect_options(heatmap: Option<proto::HeatmapOptions>) -> Result<Inspect
     };
     Ok(InspectOptions {
         heatmap: Some((format, heatmap.max_size)),
+        marks: Marks {
+            outlines: heatmap.outline_regions,
+            stamp: heatmap.stamp_verdict,
+        },
     })
 }
 
@@ -459,7 +463,7 @@ mod tests {
         );
         let heatmap = proto::HeatmapOptions {
             format: 9,
-            max_size: 0,
+            ..Default::default()
         };
         assert!(inspect_options(Some(heatmap)).is_err());
     }
