@@ -8,15 +8,16 @@ CARGO    ?= cargo
 SETUP    := .loupe
 ORT_LIB  := $(SETUP)/onnxruntime/libonnxruntime.so.1.31.1
 VENV     := $(SETUP)/venv
+EXAMPLES_VENV := $(SETUP)/examples-venv
 LOUPE    := target/release/loupe
 
-.PHONY: run test setup build lint model model-check model-variant bench clean-setup
+.PHONY: run test setup examples-venv build lint model model-check model-variant bench clean-setup
 
 run: $(ORT_LIB)
 	$(CARGO) build --release --locked
 	$(LOUPE) serve $(ARGS)
 
-test: $(ORT_LIB)
+test: $(ORT_LIB) $(EXAMPLES_VENV)/.done
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --all-targets --locked
@@ -25,6 +26,14 @@ setup: $(ORT_LIB)
 
 $(ORT_LIB): scripts/setup_onnxruntime.py
 	$(PYTHON) scripts/setup_onnxruntime.py --dest $(SETUP)
+	@touch $@
+
+# The Python examples' pinned packages, from PyPI, for tests/examples.rs.
+examples-venv: $(EXAMPLES_VENV)/.done
+
+$(EXAMPLES_VENV)/.done: examples/requirements.txt
+	$(PYTHON) -m venv $(EXAMPLES_VENV)
+	$(EXAMPLES_VENV)/bin/pip install --quiet --disable-pip-version-check -r examples/requirements.txt
 	@touch $@
 
 build: $(ORT_LIB)

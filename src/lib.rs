@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod failpoint;
 pub mod grpc;

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             .map_err(setup)
             .and_then(|server| inspect(&server, args)),
         Command::Bench(args) => bench(&args),
+        Command::Demo(args) => demo(&args.dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +117,22 @@ fn bench(args: &BenchArgs) -> Result<(), Failure> {
         Err(error) if error.is_setup() => Err(setup(error)),
         Err(error) => Err(Failure::Other(error.into())),
     }
+}
+
+/// `loupe demo DIR`: writes the parts and says what to run next.
+fn demo(dir: &std::path::Path) -> Result<(), Failure> {
+    let written = loupe::demo::write(dir).map_err(|error| Failure::Other(error.into()))?;
+    let dir = dir.display();
+    println!(
+        "wrote {} good parts to teach ({dir}/train/good), {} good and {} defective parts to inspect ({dir}/test), and the defects' masks ({dir}/ground_truth)",
+        written.train_good, written.test_good, written.test_defective
+    );
+    println!("with `loupe serve` running:");
+    println!("  loupe recipe create demo");
+    println!("  loupe recipe add-refs demo {dir}/train/good/*.png");
+    println!("  loupe inspect --recipe demo --heatmap heat {dir}/test/*/*.png");
+    println!("or score the whole folder offline: loupe bench {dir}");
+    Ok(())
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {

@@ -185,3 +185,67 @@ async fn add_refs_names_a_bad_file_and_skips_it_when_asked() {
     assert!(text.contains("calibrated threshold"), "{text}");
     server.stop().await.unwrap();
 }
+
+/// The quickstart on generated parts: `loupe demo`, then the README's
+/// commands, with the known answer: every good part passes, the defects
+/// fail.
+#[tokio::test]
+async fn the_demo_parts_have_a_known_answer() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let work = tempfile::tempdir().unwrap();
+    let address = server.addr.to_string();
+    let demo = loupe(work.path(), args(&["demo", "parts"])).await;
+    assert!(demo.status.success(), "{demo:?}");
+    assert!(
+        stdout(&demo).contains("loupe recipe add-refs demo parts/train/good/*.png"),
+        "{demo:?}"
+    );
+    let files = |sub: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(work.path().join(sub))
+            .unwrap()
+            .map(|entry| format!("{sub}/{}", entry.unwrap().file_name().to_string_lossy()))
+            .collect();
+        names.sort();
+        names
+    };
+    let created = loupe(
+        work.path(),
+        args(&["recipe", "create", "demo", "--server", &address]),
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    // Ten of the thirty good parts, to keep the debug build's enrollment short.
+    let add = [
+        args(&["recipe", "add-refs", "demo", "--server", &address]),
+        files("parts/train/good")[..10].to_vec(),
+    ]
+    .concat();
+    let added = loupe(work.path(), add).await;
+    assert!(added.status.success(), "{added:?}");
+    let inspect = |set: &str| {
+        [
+            args(&["inspect", "--recipe", "demo", "--json", "--server", &address]),
+            files(set),
+        ]
+        .concat()
+    };
+    let good = loupe(work.path(), inspect("parts/test/good")).await;
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "every good part passes: {}",
+        stdout(&good)
+    );
+    for kind in ["parts/test/scratch", "parts/test/spot"] {
+        let bad = loupe(work.path(), inspect(kind)).await;
+        let passed: Vec<String> = stdout(&bad)
+            .lines()
+            .filter(|line| line.contains("VERDICT_PASS"))
+            .map(str::to_owned)
+            .collect();
+        assert!(passed.is_empty(), "{kind}: defects that pass: {passed:?}");
+        assert_eq!(bad.status.code(), Some(1));
+    }
+    server.stop().await.unwrap();
+}

@@ -55,6 +55,18 @@ pub enum Command {
     /// defect recall, latency; a summary on stdout and, with --out, report
     /// files.
     Bench(BenchArgs),
+    /// Writes a small folder of generated parts with a known answer (good
+    /// parts to teach, good and defective parts to inspect, the defects'
+    /// masks) for a first run without images of one's own.
+    Demo(DemoArgs),
+}
+
+/// `loupe demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// The folder to write (created if needed; files of the same names are
+    /// replaced).
+    pub dir: std::path::PathBuf,
 }
 
 /// A flag value that cannot work.
