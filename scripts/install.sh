@@ -50,6 +50,8 @@ install_loupe() {
 }
 
 uninstall_loupe() {
+    # A running service keeps its (deleted) binary: stop it first with
+    # `systemctl disable --now loupe`.
     rm -f "$DESTDIR$BINDIR/loupe" "$DESTDIR$LIBDIR/loupe" "$DESTDIR$LIBDIR/$LIBRARY" \
         "$DESTDIR$UNITDIR/loupe.service"
     rmdir "$DESTDIR$LIBDIR" 2>/dev/null || true
