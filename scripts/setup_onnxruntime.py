@@ -5,8 +5,10 @@ The library comes from the PyPI wheel `onnxruntime==1.31.1` (the only place
 this project may download from besides crates.io), fetched with pip for this
 machine's architecture, checked against the sha256 pinned below, and the one
 file Loupe needs, `onnxruntime/capi/libonnxruntime.so.1.31.1`, is unpacked
-into `.loupe/onnxruntime/`. When that file is already there with the pinned
-hash, nothing is downloaded.
+into `.loupe/onnxruntime/`, with the wheel's licence files beside it
+(`LICENSE`, `ThirdPartyNotices.txt`: `make dist` ships them). When those
+files are already there (the library with the pinned hash), nothing is
+downloaded.
 
 Usage: python3 scripts/setup_onnxruntime.py [--dest DIR]
 """
@@ -24,6 +26,9 @@ from pathlib import Path
 VERSION = "1.31.1"
 LIBRARY = f"libonnxruntime.so.{VERSION}"
 MEMBER = f"onnxruntime/capi/{LIBRARY}"
+# The licence of ONNX Runtime and the notices of what it links in, shipped
+# with the library by `make dist`.
+LICENCES = ["onnxruntime/LICENSE", "onnxruntime/ThirdPartyNotices.txt"]
 
 # The wheel's Python tag does not matter for the C library inside, so one
 # wheel per architecture is pinned (cp312), whatever python3 runs this.
@@ -101,6 +106,18 @@ def unpack(wheel: Path, target: Path, expected_sha256: str) -> None:
     temporary_path.replace(target)
 
 
+def unpack_licences(wheel: Path, folder: Path) -> None:
+    """Extracts the wheel's licence files into `folder` (each through a
+    temporary file and a rename)."""
+    with zipfile.ZipFile(wheel) as archive:
+        for member in LICENCES:
+            target = folder / Path(member).name
+            temporary = target.with_name(target.name + ".part")
+            temporary.write_bytes(archive.read(member))
+            temporary.replace(target)
+            print(f"setup_onnxruntime: unpacked {target}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=ROOT / ".loupe", help="set-up folder")
@@ -113,12 +130,16 @@ def main() -> None:
              "pass --onnxruntime PATH to loupe with your own libonnxruntime 1.31+")
     pin = PINS[arch]
     target = args.dest / "onnxruntime" / LIBRARY
-    if target.is_file() and sha256(target) == pin["library_sha256"]:
+    licences = [target.parent / Path(member).name for member in LICENCES]
+    library_ok = target.is_file() and sha256(target) == pin["library_sha256"]
+    if library_ok and all(licence.is_file() for licence in licences):
         print(f"setup_onnxruntime: {target} is in place")
         return
     wheel = fetch_wheel(pin, arch, args.dest / "wheels")
-    unpack(wheel, target, pin["library_sha256"])
-    print(f"setup_onnxruntime: unpacked {target}")
+    if not library_ok:
+        unpack(wheel, target, pin["library_sha256"])
+        print(f"setup_onnxruntime: unpacked {target}")
+    unpack_licences(wheel, target.parent)
 
 
 if __name__ == "__main__":

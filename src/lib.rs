@@ -8,7 +8,7 @@
 //! Runtime behind it). A new front end goes beside [`grpc`] and is wired up
 //! in [`serve`]; a new model kind or device goes in [`model`].
 //! [`runtime`] finds the ONNX Runtime library; [`config`] turns flags into
-//! configuration; [`cli`] and [`mod@bench`] are clients of the API and the engine.
+//! configuration; [`logging`] sets up the log lines and logs the core's events; [`cli`] and [`mod@bench`] are clients of the API and the engine.
 
 pub mod bench;
 pub mod cli;
@@ -18,6 +18,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod grpc;
 pub mod imaging;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod proto;

@@ -2,7 +2,6 @@
 //! Set-up failures (bad flags, no usable ONNX Runtime, a model that does not
 //! match its manifest) print one line and exit with code 2.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -21,7 +20,7 @@ const EXIT_SETUP: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    loupe::logging::init(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Recipe(args) => args
@@ -82,17 +81,6 @@ impl From<anyhow::Error> for Failure {
 
 fn setup<E: std::fmt::Display>(error: E) -> Failure {
     Failure::Setup(error.to_string())
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour codes only for a person at a terminal, not in a log file.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Runs a client command on a small async runtime.

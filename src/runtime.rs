@@ -26,10 +26,13 @@ pub enum Source {
     Flag,
     /// The `ORT_DYLIB_PATH` environment variable, as `ort` itself uses it.
     EnvVar,
+    /// Next to the running executable, symbolic links resolved (an
+    /// installed binary with its library): before the setup folder, so that
+    /// a binary installed from a checkout uses the library installed with
+    /// it, not the checkout's.
+    ExeDir,
     /// The folder `make setup` fills.
     SetupDir,
-    /// Next to the running executable (a deployed binary with its library).
-    ExeDir,
 }
 
 impl fmt::Display for Source {
@@ -89,8 +92,10 @@ pub enum RuntimeError {
 
 impl Lookup {
     /// Gathers the lookup inputs from the process: the flag as given,
-    /// `ORT_DYLIB_PATH`, the setup folder of the checkout this binary was
-    /// built from, and the executable's folder.
+    /// `ORT_DYLIB_PATH`, the executable's folder (`current_exe` resolves
+    /// `/proc/self/exe`, so a symbolic link to the binary leads to the
+    /// folder of the binary itself), and the setup folder of the checkout
+    /// this binary was built from.
     pub fn from_process(flag: Option<PathBuf>) -> Self {
         let env_var = std::env::var_os("ORT_DYLIB_PATH")
             .filter(|value| !value.is_empty())
@@ -117,13 +122,13 @@ impl Lookup {
         if let Some(path) = &self.env_var {
             push(path.clone(), Source::EnvVar);
         }
-        if let Some(dir) = &self.setup_dir {
-            push(dir.join(LIBRARY_FILE), Source::SetupDir);
-        }
         if let Some(dir) = &self.exe_dir {
             push(dir.join(LIBRARY_FILE), Source::ExeDir);
             // The name `ort`'s own download (feature `download-ort`) copies.
             push(dir.join("libonnxruntime.so"), Source::ExeDir);
+        }
+        if let Some(dir) = &self.setup_dir {
+            push(dir.join(LIBRARY_FILE), Source::SetupDir);
         }
         candidates
     }
@@ -260,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn order_is_flag_env_setup_exe() {
+    fn order_is_flag_env_exe_setup() {
         let dir = tempfile::tempdir().unwrap();
         let mut lookup = lookup(dir.path());
         lookup.flag = Some(dir.path().join("flag.so"));
@@ -271,9 +276,9 @@ mod tests {
             [
                 Source::Flag,
                 Source::EnvVar,
-                Source::SetupDir,
                 Source::ExeDir,
-                Source::ExeDir
+                Source::ExeDir,
+                Source::SetupDir
             ]
         );
     }
@@ -282,10 +287,10 @@ mod tests {
     fn first_existing_candidate_wins() {
         let dir = tempfile::tempdir().unwrap();
         let lookup = lookup(dir.path());
-        touch(&dir.path().join("bin").join(LIBRARY_FILE));
-        assert_eq!(lookup.resolve().unwrap().source, Source::ExeDir);
         touch(&dir.path().join("setup").join(LIBRARY_FILE));
         assert_eq!(lookup.resolve().unwrap().source, Source::SetupDir);
+        touch(&dir.path().join("bin").join(LIBRARY_FILE));
+        assert_eq!(lookup.resolve().unwrap().source, Source::ExeDir);
         let mut with_env = lookup;
         with_env.env_var = Some(dir.path().join("env.so"));
         touch(&dir.path().join("env.so"));

@@ -141,7 +141,8 @@ pub async fn serve_with_listeners(
 ) -> Result<(), ServeError> {
     let transport = grpc::Transport::new(&config.security)?;
     // Subscribed before the core starts, so that recipes found damaged at
-    // start-up are counted.
+    // start-up are counted and logged.
+    let journal = crate::logging::journal::spawn(&events);
     let metrics = listeners.metrics.map(|listener| {
         (
             Metrics::new(),
@@ -150,7 +151,7 @@ pub async fn serve_with_listeners(
         )
     });
     let starting = Server::start(server_config(&config), runtime, events).await?;
-    let (failed_calls, metrics_tasks) = match metrics {
+    let (failed_calls, mut attached) = match metrics {
         Some((metrics, subscription, listener)) => {
             let addr = listener
                 .local_addr()
@@ -168,6 +169,7 @@ pub async fn serve_with_listeners(
         }
         None => (None, Attached(Vec::new())),
     };
+    attached.0.push(journal);
     let outcome = serve_core(
         config,
         starting,
@@ -177,7 +179,7 @@ pub async fn serve_with_listeners(
         shutdown,
     )
     .await;
-    metrics_tasks.stop().await;
+    attached.stop().await;
     outcome
 }
 

@@ -14,8 +14,9 @@ use crate::model::{Device, ModelConfig};
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// ONNX Runtime library (libonnxruntime.so). Looked for, in order: this
-    /// flag, ORT_DYLIB_PATH, the checkout's .loupe/onnxruntime (filled by
-    /// `make setup`), next to the executable.
+    /// flag, ORT_DYLIB_PATH, next to the executable (as `make install` and
+    /// `make dist` put it), the checkout's .loupe/onnxruntime (filled by
+    /// `make setup`).
     #[arg(long, env = "LOUPE_ONNXRUNTIME", value_name = "PATH")]
     pub onnxruntime: Option<PathBuf>,
 

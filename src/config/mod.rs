@@ -34,9 +34,24 @@ pub struct Cli {
     #[arg(long, env = "LOUPE_LOG", default_value = "info,ort=warn", global = true)]
     pub log: String,
 
+    /// Log line format on stderr: `text` for people (coloured only at a
+    /// terminal, and never with `NO_COLOR` set), `json` for log collectors
+    /// (one object a line).
+    #[arg(long, env = "LOUPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-12-03T06:10:44.123Z  INFO loupe::grpc: SERVING addr=127.0.0.1:50051`.
+    Text,
+    /// `{"timestamp":"...","level":"INFO","message":"SERVING","addr":"127.0.0.1:50051","target":"loupe::grpc"}`.
+    Json,
 }
 
 /// The subcommands.
@@ -207,6 +222,24 @@ mod tests {
             };
             assert_eq!(recipe.server.server, "h:1");
         }
+    }
+
+    #[test]
+    fn the_log_format_goes_before_or_after_the_subcommand() {
+        for args in [
+            ["loupe", "--log-format", "json", "serve"],
+            ["loupe", "serve", "--log-format", "json"],
+        ] {
+            assert_eq!(Cli::try_parse_from(args).unwrap().log_format, LogFormat::Json);
+        }
+        assert_eq!(
+            Cli::try_parse_from(["loupe", "serve"]).unwrap().log_format,
+            LogFormat::Text
+        );
+        let error = Cli::try_parse_from(["loupe", "serve", "--log-format", "xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("text") && error.contains("json"), "{error}");
     }
 
     #[test]

@@ -144,7 +144,7 @@ where
         if let Some(tokens) = &self.tokens
             && let Err(status) = check(tokens, request.uri().path(), request.headers())
         {
-            tracing::info!(method = request.uri().path(), code = ?status.code(), "call refused");
+            tracing::info!(method = %request.uri().path(), code = %super::status::code_name(status.code()), "call refused");
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
         Box::pin(self.inner.call(request))

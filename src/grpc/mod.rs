@@ -33,6 +33,7 @@ use crate::server::Server;
 
 use inspection::InspectionService;
 use recipes::RecipesService;
+pub use status::code_name;
 
 /// HTTP/2 flow-control window per stream, bytes: several full frames.
 pub const FLOW_WINDOW: u32 = 16 << 20;
@@ -168,7 +169,8 @@ impl Transport {
 /// Serves the core on `listener` through `transport` until `stop`
 /// completes, then lets calls in flight finish. Health says NOT_SERVING
 /// until `serving` completes (the core is ready), SERVING after, and
-/// NOT_SERVING again once `stop` has. Failed calls are counted into
+/// NOT_SERVING again once `stop` has; a `SERVING` log line with the address
+/// follows the turn to SERVING. Failed calls are counted into
 /// `failed_calls` when given.
 pub async fn serve(
     server: Arc<Server>,
@@ -182,9 +184,15 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let ready = reporter.clone();
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "an unknown address".to_owned(), |addr| addr.to_string());
     tokio::spawn(async move {
         serving.await;
         set_health(&ready, ServingStatus::Serving).await;
+        // After health says so: a script that waits for this line may call
+        // at once.
+        tracing::info!(%addr, "SERVING");
     });
     let stop = async move {
         stop.await;

@@ -120,7 +120,7 @@ pub enum RecipeChange {
 /// Who listens to the bus ([`Events::audience`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Audience {
-    /// Anybody at all.
+    /// Anybody who takes inspection events (not only recipe changes).
     pub any: bool,
     /// A live subscriber that asked for frames and maps.
     pub images: bool,
@@ -149,6 +149,8 @@ impl Default for SubscribeOptions {
 struct Subscriber {
     queue: mpsc::Sender<Event>,
     images: bool,
+    /// Whether it takes inspection events, or only recipe changes.
+    inspections: bool,
     dropped: Arc<AtomicU64>,
 }
 
@@ -188,23 +190,38 @@ impl Events {
 
     /// A new subscription, which sees events published from now on.
     pub fn subscribe(&self, options: SubscribeOptions) -> Subscription {
+        self.add(options, true)
+    }
+
+    /// A subscription to recipe changes only: inspection events are
+    /// neither built for it nor sent to it.
+    pub fn subscribe_recipes(&self, capacity: usize) -> Subscription {
+        let options = SubscribeOptions {
+            capacity,
+            images: false,
+        };
+        self.add(options, false)
+    }
+
+    fn add(&self, options: SubscribeOptions, inspections: bool) -> Subscription {
         let (queue, receiver) = mpsc::channel(options.capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         self.lock().push(Subscriber {
             queue,
             images: options.images,
+            inspections,
             dropped: dropped.clone(),
         });
         Subscription { receiver, dropped }
     }
 
-    /// Who listens, in one look: whether anybody does (so that publishers
-    /// can skip building events), and whether a live subscriber asked for
-    /// frames and maps.
+    /// Who listens, in one look: whether anybody takes inspection events
+    /// (so that publishers can skip building them), and whether a live
+    /// subscriber asked for frames and maps.
     pub fn audience(&self) -> Audience {
         let subscribers = self.lock();
         Audience {
-            any: !subscribers.is_empty(),
+            any: subscribers.iter().any(|subscriber| subscriber.inspections),
             images: subscribers
                 .iter()
                 .any(|subscriber| subscriber.images && !subscriber.queue.is_closed()),
@@ -223,6 +240,9 @@ impl Events {
         let mut without_images: Option<Event> = None;
         let mut subscribers = self.lock();
         subscribers.retain(|subscriber| {
+            if matches!(event, Event::Inspection(_)) && !subscriber.inspections {
+                return !subscriber.queue.is_closed();
+            }
             let event = match event {
                 Event::Inspection(inspection) if !subscriber.images && inspection.images.is_some() => {
                     without_images
@@ -360,5 +380,41 @@ mod tests {
         assert!(events.lock().is_empty());
         assert!(!events.audience().any);
         assert_eq!(events.dropped(), 0);
+    }
+
+    #[test]
+    fn a_recipe_subscriber_gets_no_inspections_and_does_not_ask_for_them() {
+        let events = Events::new();
+        let mut recipes = events.subscribe_recipes(4);
+        assert!(!events.audience().any, "nobody takes inspections");
+        events.publish(&Event::Inspection(Arc::new(InspectionEvent {
+            at: SystemTime::now(),
+            recipe: "part".into(),
+            revision: 7,
+            frame_id: "f".into(),
+            verdict: Verdict::Pass,
+            score: 1.0,
+            threshold: 2.0,
+            regions: Vec::new(),
+            timings: Timings::default(),
+            batch: Batch::default(),
+            peer: None,
+            images: None,
+        })));
+        events.publish(&recipe_event(1));
+        let got: Vec<u64> = std::iter::from_fn(|| recipes.try_recv())
+            .map(|e| revision(&e))
+            .collect();
+        assert_eq!(got, [1]);
+        assert_eq!(recipes.dropped(), 0);
+        let _all = events.subscribe(SubscribeOptions::default());
+        assert!(events.audience().any);
+        drop(recipes);
+        events.publish(&recipe_event(2));
+        assert_eq!(
+            events.lock().len(),
+            1,
+            "the closed recipe subscriber is forgotten"
+        );
     }
 }

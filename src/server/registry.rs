@@ -225,7 +225,7 @@ impl Registry {
         record.touch();
         let judge = if rebuild {
             let frames = self.read_frames(&record).await?;
-            let reference = enroll(worker, settings, frames).await?;
+            let reference = enroll(worker, name, settings, frames).await?;
             let (file, judge) = self.save_reference(&record, Vec::new(), reference).await?;
             record.reference_file = Some(file);
             Some(judge)
@@ -282,7 +282,7 @@ impl Registry {
         let frames_added = good.len() as u32;
         let stored = all.len();
         all.extend(good.iter().map(|frame| frame.frame.clone()));
-        let reference = enroll(worker, record.settings.clone(), all)
+        let reference = enroll(worker, &record.name, record.settings.clone(), all)
             .await
             .map_err(|error| match error {
                 // Name the frame of this call the engine refused.
@@ -388,14 +388,16 @@ impl Registry {
     }
 }
 
-/// Runs an enrollment on the engine thread.
+/// Runs an enrollment for `recipe` on the engine thread.
 async fn enroll(
     worker: &Worker,
+    recipe: &str,
     settings: RecipeSettings,
     frames: Vec<OwnedFrame>,
 ) -> Result<crate::reference::Reference, Error> {
     let (reply, answer) = oneshot::channel();
     worker.submit(Job::Enroll {
+        recipe: recipe.to_owned(),
         settings,
         frames,
         reply,

@@ -21,6 +21,8 @@ pub enum Job {
     Inspect(InspectJob),
     /// Build a reference from good frames.
     Enroll {
+        /// The recipe's name, for the log.
+        recipe: String,
         /// The recipe settings.
         settings: RecipeSettings,
         /// Good frames.
@@ -198,6 +200,7 @@ where
     let mut engine: Option<Engine> = None;
     while let Ok(job) = jobs.recv() {
         let Job::Enroll {
+            recipe,
             settings,
             frames,
             reply,
@@ -210,7 +213,7 @@ where
                 Some(engine) => engine,
                 None => engine.insert(make_engine()?),
             };
-            enroll(engine, &settings, &frames)
+            enroll(engine, &recipe, &settings, &frames)
         }));
         let answer = outcome.unwrap_or_else(|panic| {
             let message = panic_message(panic.as_ref());
@@ -260,11 +263,12 @@ fn run(mut engine: Engine, jobs: &Receiver<Job>, capacity: usize, max_batch: usi
             match job {
                 Job::Inspect(job) => inspections.push(job),
                 Job::Enroll {
+                    recipe,
                     settings,
                     frames,
                     reply,
                 } => {
-                    let _ = reply.send(enroll(&mut engine, &settings, &frames));
+                    let _ = reply.send(enroll(&mut engine, &recipe, &settings, &frames));
                 }
             }
         }
@@ -318,6 +322,7 @@ fn inspect(engine: &mut Engine, jobs: Vec<InspectJob>) {
 
 fn enroll(
     engine: &mut Engine,
+    recipe: &str,
     settings: &RecipeSettings,
     frames: &[OwnedFrame],
 ) -> Result<Reference, JobError> {
@@ -329,6 +334,7 @@ fn enroll(
         EnrollError::Build(error) => JobError::Engine(error),
     })?;
     tracing::info!(
+        %recipe,
         frames = reference.image_count,
         threshold = reference.threshold,
         elapsed_ms = started.elapsed().as_millis() as u64,
