@@ -188,7 +188,8 @@ pub async fn recipe(server: &ClientConfig, action: RecipeAction) -> Result<()> {
         }
         RecipeAction::Export { name, file } => {
             let bytes = export_recipe(&mut client, &name).await?;
-            crate::store::atomic::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+            crate::store::atomic::write(&file, &bytes)
+                .with_context(|| format!("writing {}", file.display()))?;
             println!("exported {name} to {} ({} bytes)", file.display(), bytes.len());
         }
         RecipeAction::Import { file, rename } => {
@@ -223,7 +224,9 @@ const EXPORT_CHUNK: usize = 1 << 20;
 /// chunk announces.
 async fn export_recipe(client: &mut RecipesClient<client::Connection>, name: &str) -> Result<Vec<u8>> {
     let mut stream = client
-        .export_recipe(proto::ExportRecipeRequest { name: name.to_owned() })
+        .export_recipe(proto::ExportRecipeRequest {
+            name: name.to_owned(),
+        })
         .await
         .map_err(status)?
         .into_inner();
@@ -238,7 +241,10 @@ async fn export_recipe(client: &mut RecipesClient<client::Connection>, name: &st
     }
     match total {
         Some(total) if file.len() as u64 == total => Ok(file),
-        Some(total) => bail!("the export ended after {} of {total} bytes; try again", file.len()),
+        Some(total) => bail!(
+            "the export ended after {} of {total} bytes; try again",
+            file.len()
+        ),
         None => bail!("the server sent no recipe file"),
     }
 }

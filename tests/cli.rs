@@ -203,7 +203,10 @@ async fn a_recipe_exported_to_a_file_imports_under_a_new_name() {
 
     let exported = run(&["recipe", "export", "weave", "weave.recipe"]).await;
     assert_eq!(exported.status.code(), Some(0), "{exported:?}");
-    assert!(stdout(&exported).starts_with("exported weave to weave.recipe"), "{exported:?}");
+    assert!(
+        stdout(&exported).starts_with("exported weave to weave.recipe"),
+        "{exported:?}"
+    );
     let file = std::fs::read(work.path().join("weave.recipe")).unwrap();
     assert!(file.starts_with(b"LOUPEREC"));
     // Written whole: nothing but the file is left in the folder.
@@ -216,11 +219,17 @@ async fn a_recipe_exported_to_a_file_imports_under_a_new_name() {
 
     let taken = run(&["recipe", "import", "weave.recipe"]).await;
     assert_eq!(taken.status.code(), Some(1), "{taken:?}");
-    assert!(String::from_utf8_lossy(&taken.stderr).contains("exists"), "{taken:?}");
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("exists"),
+        "{taken:?}"
+    );
 
     let imported = run(&["recipe", "import", "weave.recipe", "--name", "weave-copy"]).await;
     assert_eq!(imported.status.code(), Some(0), "{imported:?}");
-    assert!(stdout(&imported).starts_with("weave-copy  revision 1  references 5"), "{imported:?}");
+    assert!(
+        stdout(&imported).starts_with("weave-copy  revision 1  references 5"),
+        "{imported:?}"
+    );
 
     let judged = run(&["inspect", "--recipe", "weave-copy", "--json", "crack.png"]).await;
     assert_eq!(judged.status.code(), Some(1), "{judged:?}");

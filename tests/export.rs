@@ -18,7 +18,9 @@ use tonic::{Code, Status};
 /// The recipe file ExportRecipe streams, checked chunk by chunk.
 async fn export(recipes: &mut RecipesClient<Channel>, name: &str) -> Vec<u8> {
     let mut stream = recipes
-        .export_recipe(ExportRecipeRequest { name: name.to_owned() })
+        .export_recipe(ExportRecipeRequest {
+            name: name.to_owned(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -27,7 +29,11 @@ async fn export(recipes: &mut RecipesClient<Channel>, name: &str) -> Vec<u8> {
     let total = first.total_size as usize;
     let mut file = first.data.to_vec();
     while let Some(chunk) = stream.message().await.unwrap() {
-        assert!(chunk.data.len() <= 1 << 20, "a chunk of {} bytes", chunk.data.len());
+        assert!(
+            chunk.data.len() <= 1 << 20,
+            "a chunk of {} bytes",
+            chunk.data.len()
+        );
         assert_eq!((chunk.name.as_str(), chunk.total_size), ("", 0));
         file.extend_from_slice(&chunk.data);
     }
@@ -58,7 +64,11 @@ async fn import_sized(
         .map(tonic::Response::into_inner)
 }
 
-async fn import(recipes: &mut RecipesClient<Channel>, file: &[u8], name: &str) -> Result<proto::Recipe, Status> {
+async fn import(
+    recipes: &mut RecipesClient<Channel>,
+    file: &[u8],
+    name: &str,
+) -> Result<proto::Recipe, Status> {
     import_sized(recipes, file, name, file.len() as u64).await
 }
 
@@ -97,7 +107,11 @@ fn assert_same_judgement(here: &[InspectResponse], there: &[InspectResponse]) {
 fn assert_refused(result: Result<proto::Recipe, Status>, code: Code, says: &str) {
     let status = result.expect_err("the import should be refused");
     assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(says), "{:?} does not say {says:?}", status.message());
+    assert!(
+        status.message().contains(says),
+        "{:?} does not say {says:?}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -136,7 +150,10 @@ async fn a_recipe_moves_to_a_second_server_and_judges_the_same() {
 
     // Under a new name, and the same name again is refused.
     let renamed = import(&mut line_recipes, &file, "weave-line2").await.unwrap();
-    assert_eq!((renamed.name.as_str(), renamed.threshold), ("weave-line2", imported.threshold));
+    assert_eq!(
+        (renamed.name.as_str(), renamed.threshold),
+        ("weave-line2", imported.threshold)
+    );
     assert_refused(
         import(&mut line_recipes, &file, "").await,
         Code::AlreadyExists,
@@ -155,8 +172,8 @@ async fn a_recipe_moves_to_a_second_server_and_judges_the_same() {
     assert_same_judgement(&lab_answers, &judge(&line, "weave-line2").await);
     // And it exports what it was imported from.
     let (mut line_recipes, _) = clients(&line).await;
-    let again = bundle::decode(export(&mut line_recipes, "weave").await.into()).unwrap();
-    assert_eq!(again, bundle::decode(file.into()).unwrap());
+    let again = bundle::decode(&export(&mut line_recipes, "weave").await.into()).unwrap();
+    assert_eq!(again, bundle::decode(&Bytes::from(file)).unwrap());
     line.stop().await.unwrap();
     lab.stop().await.unwrap();
 }
@@ -169,7 +186,9 @@ async fn a_bad_recipe_file_is_refused_and_leaves_nothing_behind() {
     enroll(&mut lab_recipes, "weave").await;
     let file = export(&mut lab_recipes, "weave").await;
     let missing = lab_recipes
-        .export_recipe(ExportRecipeRequest { name: "nothing".into() })
+        .export_recipe(ExportRecipeRequest {
+            name: "nothing".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
@@ -187,7 +206,13 @@ async fn a_bad_recipe_file_is_refused_and_leaves_nothing_behind() {
     );
     // Cut short, announced whole: the stream ends early.
     assert_refused(
-        import_sized(&mut line_recipes, &file[..file.len() - 100], "", file.len() as u64).await,
+        import_sized(
+            &mut line_recipes,
+            &file[..file.len() - 100],
+            "",
+            file.len() as u64,
+        )
+        .await,
         Code::InvalidArgument,
         "truncated",
     );
@@ -226,7 +251,7 @@ async fn a_bad_recipe_file_is_refused_and_leaves_nothing_behind() {
     );
 
     // A reference built by another model means nothing to this one.
-    let mut contents = bundle::decode(Bytes::from(file.clone())).unwrap();
+    let mut contents = bundle::decode(&Bytes::from(file.clone())).unwrap();
     contents.reference.as_mut().unwrap().model_id = "sha256:another-model".into();
     let foreign = bundle::encode(&contents).unwrap();
     assert_refused(

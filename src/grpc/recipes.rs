@@ -144,7 +144,9 @@ impl RecipesService {
             if file.is_empty() && !chunk.data.is_empty() {
                 // Refuse another kind of file at its first bytes, not at its end.
                 let start = &chunk.data[..chunk.data.len().min(crate::store::bundle::HEADER)];
-                if !start.starts_with(crate::store::bundle::MAGIC) && !crate::store::bundle::MAGIC.starts_with(start) {
+                if !start.starts_with(crate::store::bundle::MAGIC)
+                    && !crate::store::bundle::MAGIC.starts_with(start)
+                {
                     return Err(Status::invalid_argument(
                         crate::store::bundle::BundleError::NotARecipeFile.to_string(),
                     ));

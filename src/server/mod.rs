@@ -89,7 +89,10 @@ impl ReferenceLimits {
         self.call_bytes
             .min(self.recipe_bytes)
             .saturating_add(self.enrollment_bytes)
-            .saturating_add(self.recipe_frames.saturating_mul(crate::store::bundle::FRAME_OVERHEAD))
+            .saturating_add(
+                self.recipe_frames
+                    .saturating_mul(crate::store::bundle::FRAME_OVERHEAD),
+            )
             .saturating_add(64 << 20)
     }
 }

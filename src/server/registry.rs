@@ -396,7 +396,10 @@ impl Registry {
                 reference: current.judge.as_ref().map(|judge| judge.reference().clone()),
             };
             bundle::encode(&contents).map_err(|error| {
-                Error::Internal(format!("cannot export recipe {}: {error}", quoted(&contents.name)))
+                Error::Internal(format!(
+                    "cannot export recipe {}: {error}",
+                    quoted(&contents.name)
+                ))
             })
         })
         .await
@@ -420,9 +423,16 @@ impl Registry {
             store::validate_name(name).map_err(Error::InvalidArgument)?;
             self.refuse_taken(name)?;
         }
-        let contents = blocking(move || bundle::decode(file).map_err(|error| Error::InvalidArgument(error.to_string()))).await?;
+        let contents = blocking(move || {
+            bundle::decode(&file).map_err(|error| Error::InvalidArgument(error.to_string()))
+        })
+        .await?;
         let name = rename.unwrap_or_else(|| contents.name.clone());
-        store::validate_name(&name).map_err(|error| Error::InvalidArgument(format!("the recipe file names its recipe badly: {error}; import it with another name")))?;
+        store::validate_name(&name).map_err(|error| {
+            Error::InvalidArgument(format!(
+                "the recipe file names its recipe badly: {error}; import it with another name"
+            ))
+        })?;
         self.refuse_taken(&name)?;
         let frame_bytes: u64 = contents.frames.iter().map(|frame| frame.len() as u64).sum();
         let frame_count = contents.frames.len() as u64;

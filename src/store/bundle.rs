@@ -182,8 +182,8 @@ pub fn declared_length(start: &[u8]) -> Result<u64, BundleError> {
 }
 
 /// Reads a recipe file; every section slices `bytes` (no copy).
-pub fn decode(bytes: Bytes) -> Result<Contents, BundleError> {
-    let expected = declared_length(&bytes)?;
+pub fn decode(bytes: &Bytes) -> Result<Contents, BundleError> {
+    let expected = declared_length(bytes)?;
     let found = bytes.len() as u64;
     if found < expected {
         return Err(BundleError::Truncated { expected, found });
@@ -200,8 +200,7 @@ pub fn decode(bytes: Bytes) -> Result<Contents, BundleError> {
     if Sha256::digest(&bytes[..body_end]).as_slice() != &bytes[body_end..] {
         return Err(BundleError::Checksum);
     }
-    let (meta_len, frame_count, reference_len) =
-        (u32_at(&bytes, 20), u32_at(&bytes, 24), u64_at(&bytes, 28));
+    let (meta_len, frame_count, reference_len) = (u32_at(bytes, 20), u32_at(bytes, 24), u64_at(bytes, 28));
     let mut body = Cursor {
         bytes: bytes.slice(HEADER..body_end),
         at: 0,
@@ -324,23 +323,29 @@ mod tests {
         let bytes = file();
         assert!(bytes.starts_with(MAGIC));
         assert_eq!(declared_length(&bytes).unwrap(), bytes.len() as u64);
-        assert_eq!(decode(bytes.into()).unwrap(), contents());
+        assert_eq!(decode(&Bytes::from(bytes)).unwrap(), contents());
 
         let empty = Contents {
             frames: Vec::new(),
             reference: None,
             ..contents()
         };
-        assert_eq!(decode(encode(&empty).unwrap().into()).unwrap(), empty);
+        assert_eq!(decode(&Bytes::from(encode(&empty).unwrap())).unwrap(), empty);
     }
 
     #[test]
     fn a_flipped_byte_anywhere_in_the_body_is_refused() {
         let clean = file();
-        for at in [HEADER, HEADER + 10, clean.len() / 2, clean.len() - CHECKSUM - 1, clean.len() - 1] {
+        for at in [
+            HEADER,
+            HEADER + 10,
+            clean.len() / 2,
+            clean.len() - CHECKSUM - 1,
+            clean.len() - 1,
+        ] {
             let mut bytes = clean.clone();
             bytes[at] ^= 0x01;
-            let error = decode(bytes.into()).unwrap_err();
+            let error = decode(&Bytes::from(bytes)).unwrap_err();
             assert!(matches!(error, BundleError::Checksum), "byte {at}: {error}");
             assert!(error.to_string().contains("SHA-256 does not match"), "{error}");
         }
@@ -350,7 +355,7 @@ mod tests {
     fn a_truncated_file_is_refused_with_both_lengths() {
         let bytes = file();
         let total = bytes.len() as u64;
-        let error = decode(Bytes::copy_from_slice(&bytes[..bytes.len() - 1])).unwrap_err();
+        let error = decode(&Bytes::copy_from_slice(&bytes[..bytes.len() - 1])).unwrap_err();
         assert!(
             matches!(error, BundleError::Truncated { expected, found } if expected == total && found == total - 1),
             "{error}"
@@ -358,19 +363,25 @@ mod tests {
         assert!(error.to_string().contains("truncated"), "{error}");
         // Cut inside the header or the magic.
         for cut in [3, 8, HEADER - 1] {
-            let error = decode(Bytes::copy_from_slice(&bytes[..cut])).unwrap_err();
-            assert!(matches!(error, BundleError::Truncated { .. }), "cut at {cut}: {error}");
+            let error = decode(&Bytes::copy_from_slice(&bytes[..cut])).unwrap_err();
+            assert!(
+                matches!(error, BundleError::Truncated { .. }),
+                "cut at {cut}: {error}"
+            );
         }
-        let mut longer = bytes.clone();
+        let mut longer = bytes;
         longer.push(0);
-        assert!(matches!(decode(longer.into()).unwrap_err(), BundleError::TooLong { .. }));
+        assert!(matches!(
+            decode(&Bytes::from(longer)).unwrap_err(),
+            BundleError::TooLong { .. }
+        ));
     }
 
     #[test]
     fn a_newer_version_is_refused_by_name() {
         let mut bytes = file();
         bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
-        let error = decode(bytes.into()).unwrap_err();
+        let error = decode(&Bytes::from(bytes)).unwrap_err();
         assert!(matches!(error, BundleError::Version { found: 2, .. }), "{error}");
         let message = error.to_string();
         assert!(
@@ -381,9 +392,12 @@ mod tests {
 
     #[test]
     fn other_files_are_not_recipe_files() {
-        let error = decode(Bytes::from_static(b"\x89PNG\r\n\x1a\n and more")).unwrap_err();
+        let error = decode(&Bytes::from_static(b"\x89PNG\r\n\x1a\n and more")).unwrap_err();
         assert!(matches!(error, BundleError::NotARecipeFile), "{error}");
-        assert!(matches!(decode(Bytes::new()).unwrap_err(), BundleError::NotARecipeFile));
+        assert!(matches!(
+            decode(&Bytes::new()).unwrap_err(),
+            BundleError::NotARecipeFile
+        ));
     }
 
     /// A file whose checksum matches but whose sections lie (as a careless
@@ -399,18 +413,21 @@ mod tests {
         };
         let mut bytes = file();
         bytes[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
-        let error = decode(reseal(bytes)).unwrap_err();
+        let error = decode(&reseal(bytes)).unwrap_err();
         assert!(error.to_string().contains("4294967295 good frames"), "{error}");
 
         let mut bytes = file();
         bytes[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-        let error = decode(reseal(bytes)).unwrap_err();
-        assert!(error.to_string().contains("the settings section declares"), "{error}");
+        let error = decode(&reseal(bytes)).unwrap_err();
+        assert!(
+            error.to_string().contains("the settings section declares"),
+            "{error}"
+        );
 
         let mut bytes = file();
         let last = bytes.len() - CHECKSUM - 1;
         bytes[last] ^= 0xff;
-        let error = decode(reseal(bytes)).unwrap_err();
+        let error = decode(&reseal(bytes)).unwrap_err();
         assert!(matches!(error, BundleError::Reference(_)), "{error}");
     }
 }

@@ -395,7 +395,10 @@ impl Store {
             fs::create_dir_all(&frames_dir).map_err(io("cannot create", &frames_dir))?;
             for (offset, frame) in frames.iter().enumerate() {
                 let index = record.first_frame + offset as u32;
-                atomic::write(&frames_dir.join(format!("{index:06}.img")), &frames::encode(frame))?;
+                atomic::write(
+                    &frames_dir.join(format!("{index:06}.img")),
+                    &frames::encode(frame),
+                )?;
             }
             match (reference, &record.reference_file) {
                 (Some(reference), Some(file)) if validate_name(file).is_ok() => {
@@ -405,7 +408,9 @@ impl Store {
                 (_, file) => {
                     return Err(StoreError::Damaged {
                         path: temp.join("recipe.json"),
-                        reason: format!("an import's record names the reference file {file:?}, which does not match its reference"),
+                        reason: format!(
+                            "an import's record names the reference file {file:?}, which does not match its reference"
+                        ),
                     });
                 }
             }
@@ -636,7 +641,10 @@ mod tests {
 
         // What a crash mid-import leaves is removed at the next start.
         drop(store);
-        let half = dir.path().join("recipes").join(format!("{IMPORTING_PREFIX}half-1-0"));
+        let half = dir
+            .path()
+            .join("recipes")
+            .join(format!("{IMPORTING_PREFIX}half-1-0"));
         fs::create_dir_all(half.join("frames")).unwrap();
         fs::write(half.join("frames/000000.img"), b"frame").unwrap();
         let store = Store::open(dir.path()).unwrap();
