@@ -186,8 +186,67 @@ pub async fn recipe(server: &ClientConfig, action: RecipeAction) -> Result<()> {
             let recipe = add_references(&mut client, &name, frames, replace, skip_bad).await?;
             print_recipe(&recipe);
         }
+        RecipeAction::Export { name, file } => {
+            let bytes = export_recipe(&mut client, &name).await?;
+            crate::store::atomic::write(&file, &bytes)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("exported {name} to {} ({} bytes)", file.display(), bytes.len());
+        }
+        RecipeAction::Import { file, rename } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let total_size = bytes.len() as u64;
+            let bytes = bytes::Bytes::from(bytes);
+            let pieces = bytes.len().div_ceil(EXPORT_CHUNK).max(1);
+            let name = rename.unwrap_or_default();
+            let chunks = (0..pieces).map(move |index| {
+                let start = index * EXPORT_CHUNK;
+                proto::RecipeChunk {
+                    data: bytes.slice(start..(start + EXPORT_CHUNK).min(bytes.len())),
+                    name: if index == 0 { name.clone() } else { String::new() },
+                    total_size: if index == 0 { total_size } else { 0 },
+                }
+            });
+            let recipe = client
+                .import_recipe(tokio_stream::iter(chunks))
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_recipe(&recipe);
+        }
     }
     Ok(())
+}
+
+/// Chunk size of a recipe file sent to ImportRecipe.
+const EXPORT_CHUNK: usize = 1 << 20;
+
+/// Receives a recipe file from ExportRecipe, checking the size the first
+/// chunk announces.
+async fn export_recipe(client: &mut RecipesClient<client::Connection>, name: &str) -> Result<Vec<u8>> {
+    let mut stream = client
+        .export_recipe(proto::ExportRecipeRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut file = Vec::new();
+    let mut total = None;
+    while let Some(chunk) = stream.message().await.map_err(status)? {
+        let total = *total.get_or_insert(chunk.total_size);
+        if file.len() as u64 + chunk.data.len() as u64 > total {
+            bail!("the server sent more than the {total} bytes it announced");
+        }
+        file.extend_from_slice(&chunk.data);
+    }
+    match total {
+        Some(total) if file.len() as u64 == total => Ok(file),
+        Some(total) => bail!(
+            "the export ended after {} of {total} bytes; try again",
+            file.len()
+        ),
+        None => bail!("the server sent no recipe file"),
+    }
 }
 
 /// Sends `frames` in one AddReferences call; with `skip_bad`, a frame the

@@ -249,3 +249,55 @@ async fn the_demo_parts_have_a_known_answer() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_recipe_exported_to_a_file_imports_under_a_new_name() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start(common::config(data.path())).await;
+    let (mut recipes, _) = clients(&server).await;
+    enroll(&mut recipes, "weave").await;
+    let work = tempfile::tempdir().unwrap();
+    png(scratched(), &work.path().join("crack.png"));
+    let address = server.addr.to_string();
+    let run = |list: &[&str]| {
+        let mut list = args(list);
+        list.extend(["--server".to_owned(), address.clone()]);
+        loupe(work.path(), list)
+    };
+
+    let exported = run(&["recipe", "export", "weave", "weave.recipe"]).await;
+    assert_eq!(exported.status.code(), Some(0), "{exported:?}");
+    assert!(
+        stdout(&exported).starts_with("exported weave to weave.recipe"),
+        "{exported:?}"
+    );
+    let file = std::fs::read(work.path().join("weave.recipe")).unwrap();
+    assert!(file.starts_with(b"LOUPEREC"));
+    // Written whole: nothing but the file is left in the folder.
+    let mut names: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["crack.png", "weave.recipe"]);
+
+    let taken = run(&["recipe", "import", "weave.recipe"]).await;
+    assert_eq!(taken.status.code(), Some(1), "{taken:?}");
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("exists"),
+        "{taken:?}"
+    );
+
+    let imported = run(&["recipe", "import", "weave.recipe", "--name", "weave-copy"]).await;
+    assert_eq!(imported.status.code(), Some(0), "{imported:?}");
+    assert!(
+        stdout(&imported).starts_with("weave-copy  revision 1  references 5"),
+        "{imported:?}"
+    );
+
+    let judged = run(&["inspect", "--recipe", "weave-copy", "--json", "crack.png"]).await;
+    assert_eq!(judged.status.code(), Some(1), "{judged:?}");
+    let line: serde_json::Value = serde_json::from_str(stdout(&judged).trim()).unwrap();
+    assert_eq!(line["verdict"], "VERDICT_FAIL");
+    server.stop().await.unwrap();
+}

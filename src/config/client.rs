@@ -262,6 +262,22 @@ pub enum RecipeAction {
         #[arg(long, env = "LOUPE_SKIP_BAD")]
         skip_bad: bool,
     },
+    /// Writes a recipe (settings, good frames, reference) to one file, to
+    /// import on another server.
+    Export {
+        /// Recipe name.
+        name: String,
+        /// The recipe file to write (replaced whole, never half-written).
+        file: PathBuf,
+    },
+    /// Creates a recipe from a file `recipe export` wrote.
+    Import {
+        /// The recipe file.
+        file: PathBuf,
+        /// Create the recipe under this name instead of the one in the file.
+        #[arg(long = "name", env = "LOUPE_IMPORT_NAME", value_name = "NEW")]
+        rename: Option<String>,
+    },
 }
 
 /// `loupe inspect`.

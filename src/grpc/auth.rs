@@ -29,11 +29,13 @@ pub const OPEN_SERVICES: [&str; 3] = [
 
 /// The methods (`service/Method`) an `operator` token may call; the rest
 /// need `engineer`.
-pub const OPERATOR_METHODS: [&str; 4] = [
+pub const OPERATOR_METHODS: [&str; 5] = [
     "loupe.v1.Inspection/Inspect",
     "loupe.v1.Inspection/InspectStream",
     "loupe.v1.Recipes/GetRecipe",
     "loupe.v1.Recipes/ListRecipes",
+    // Reads a recipe, as GetRecipe does, whole.
+    "loupe.v1.Recipes/ExportRecipe",
 ];
 
 /// What a call to a method path needs.

@@ -80,6 +80,23 @@ pub struct ReferenceLimits {
     pub enrollment_bytes: u64,
 }
 
+impl ReferenceLimits {
+    /// The largest recipe file an import accepts: the good frames one call
+    /// may hold (within a recipe's cap), the features an enrollment may
+    /// hold (the reference), each frame's overhead, and 64 MiB for the
+    /// settings (a mask PNG) and an aligned reference's pixel planes.
+    pub fn max_import_bytes(&self) -> u64 {
+        self.call_bytes
+            .min(self.recipe_bytes)
+            .saturating_add(self.enrollment_bytes)
+            .saturating_add(
+                self.recipe_frames
+                    .saturating_mul(crate::store::bundle::FRAME_OVERHEAD),
+            )
+            .saturating_add(64 << 20)
+    }
+}
+
 /// A good frame sent to a recipe.
 #[derive(Debug, Clone)]
 pub struct GoodFrame {
@@ -386,6 +403,29 @@ impl Server {
                 replaced: replace,
             };
             server.recipe_changed(&state, change, peer);
+            Ok(state)
+        })
+        .await
+    }
+
+    /// A recipe as one recipe file (`store::bundle`), to import elsewhere.
+    pub async fn export_recipe(&self, name: &str) -> Result<Vec<u8>, Error> {
+        self.registry.export(name).await
+    }
+
+    /// Creates a recipe from a recipe file (under `rename`, or the name the
+    /// file carries), checked whole before anything is stored; announced as
+    /// [`RecipeChange::Created`].
+    pub async fn import_recipe(
+        self: &Arc<Self>,
+        file: bytes::Bytes,
+        rename: Option<String>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<RecipeState>, Error> {
+        let server = self.clone();
+        detached(async move {
+            let state = server.registry.import(file, rename, server.references).await?;
+            server.recipe_changed(&state, RecipeChange::Created, peer);
             Ok(state)
         })
         .await

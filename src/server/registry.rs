@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, oneshot};
 use crate::engine::{Judge, RecipeSettings, Setting, SettingsUpdate};
 use crate::failpoint::stop_here as failpoint;
 use crate::imaging::{DecodeLimits, OwnedFrame};
+use crate::store::bundle::{self, Contents};
 use crate::store::{self, RecipeRecord, Store, StoreError};
 use crate::text::quoted;
 
@@ -57,6 +58,8 @@ pub struct Registry {
     store: Store,
     limits: DecodeLimits,
     size_multiple: u32,
+    /// The served model's identity, which every reference must carry.
+    model_id: String,
     recipes: RwLock<BTreeMap<String, Arc<RecipeState>>>,
     /// Serialises changes, so two calls never rebuild one recipe at once.
     writes: Mutex<()>,
@@ -127,6 +130,7 @@ impl Registry {
             store,
             limits,
             size_multiple,
+            model_id: model_id.to_owned(),
             recipes: RwLock::new(recipes),
             writes: Mutex::new(()),
         };
@@ -371,6 +375,141 @@ impl Registry {
                 .map_err(Error::from)
         })
         .await
+    }
+
+    /// A recipe as one recipe file ([`bundle`]): its settings, its stored
+    /// good frames and its reference. The frames are read under the change
+    /// lock, so they are those of the revision exported.
+    pub async fn export(&self, name: &str) -> Result<Vec<u8>, Error> {
+        let (current, frames) = {
+            let _write = self.writes.lock().await;
+            let current = self.get(name)?;
+            current.usable()?;
+            let frames = self.read_frames(&current.record).await?;
+            (current, frames)
+        };
+        blocking(move || {
+            let contents = Contents {
+                name: current.record.name.clone(),
+                settings: current.record.settings.clone(),
+                frames,
+                reference: current.judge.as_ref().map(|judge| judge.reference().clone()),
+            };
+            bundle::encode(&contents).map_err(|error| {
+                Error::Internal(format!(
+                    "cannot export recipe {}: {error}",
+                    quoted(&contents.name)
+                ))
+            })
+        })
+        .await
+    }
+
+    /// Creates a recipe from a recipe file, under `rename` or the name in
+    /// the file. Everything is checked before anything is written: the
+    /// file's checksum and sections, the name (free, else AlreadyExists),
+    /// the settings, the good frames against `limits` and the frame
+    /// limits, and the reference against the served model (one built by
+    /// another model is refused with FailedPrecondition: its features mean
+    /// nothing to this one) and against the settings. The recipe is then
+    /// written whole or not at all ([`Store::import`]), at revision 1.
+    pub async fn import(
+        &self,
+        file: bytes::Bytes,
+        rename: Option<String>,
+        limits: ReferenceLimits,
+    ) -> Result<Arc<RecipeState>, Error> {
+        if let Some(name) = &rename {
+            store::validate_name(name).map_err(Error::InvalidArgument)?;
+            self.refuse_taken(name)?;
+        }
+        let contents = blocking(move || {
+            bundle::decode(&file).map_err(|error| Error::InvalidArgument(error.to_string()))
+        })
+        .await?;
+        let name = rename.unwrap_or_else(|| contents.name.clone());
+        store::validate_name(&name).map_err(|error| {
+            Error::InvalidArgument(format!(
+                "the recipe file names its recipe badly: {error}; import it with another name"
+            ))
+        })?;
+        self.refuse_taken(&name)?;
+        let frame_bytes: u64 = contents.frames.iter().map(|frame| frame.len() as u64).sum();
+        let frame_count = contents.frames.len() as u64;
+        if frame_count > limits.recipe_frames || frame_bytes > limits.recipe_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "the recipe file holds {frame_count} good frames of {frame_bytes} bytes; a recipe holds at most {} frames (--max-recipe-frames) and {} bytes (--max-recipe-bytes)",
+                limits.recipe_frames, limits.recipe_bytes
+            )));
+        }
+        if let Some(reference) = &contents.reference
+            && reference.model_id != self.model_id
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "the recipe file's reference was built by another model ({}) than this server serves ({}); serve the same model, or create the recipe here and add its good frames",
+                quoted(&reference.model_id),
+                quoted(&self.model_id)
+            )));
+        }
+        self.validate(&contents.settings).await?;
+        let Contents {
+            settings,
+            frames,
+            reference,
+            ..
+        } = contents;
+        let (decode_limits, for_judge) = (self.limits, settings.clone());
+        let (frames, reference, judge) = blocking(move || {
+            for (index, frame) in frames.iter().enumerate() {
+                crate::imaging::decode_cost(frame.as_data(), decode_limits).map_err(|error| {
+                    Error::InvalidArgument(format!("good frame {index} of the recipe file: {error}"))
+                })?;
+            }
+            let judge = match &reference {
+                Some(reference) => Some(Arc::new(
+                    Judge::new(for_judge, reference.clone(), decode_limits).map_err(|error| {
+                        Error::InvalidArgument(format!(
+                            "the recipe file's reference does not fit its settings: {error}"
+                        ))
+                    })?,
+                )),
+                None => None,
+            };
+            Ok((frames, reference, judge))
+        })
+        .await?;
+
+        let mut record = RecipeRecord::new(name, settings);
+        record.frame_count = frames.len() as u32;
+        record.frame_bytes = frame_bytes;
+        if let Some(reference) = &reference {
+            record.reference_file = Some(store::reference_file_name(record.revision));
+            record.reference_count = reference.image_count;
+        }
+        let _write = self.writes.lock().await;
+        self.refuse_taken(&record.name)?;
+        let (store, saved) = (self.store.clone(), record.clone());
+        blocking(move || {
+            store.import(&saved, &frames, reference.as_ref())?;
+            failpoint("import.renamed");
+            Ok(())
+        })
+        .await?;
+        Ok(self.publish(RecipeState {
+            record,
+            judge,
+            damage: None,
+        }))
+    }
+
+    fn refuse_taken(&self, name: &str) -> Result<(), Error> {
+        if self.read().contains_key(name) {
+            return Err(Error::AlreadyExists(format!(
+                "a recipe named {} exists; import under another name (--name) or delete it first",
+                quoted(name)
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes a recipe.

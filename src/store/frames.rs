@@ -35,9 +35,10 @@ pub fn encode(frame: &OwnedFrame) -> Vec<u8> {
 }
 
 /// Reads what [`encode`] wrote; the error says what is wrong.
-pub fn decode(bytes: Vec<u8>) -> Result<OwnedFrame, String> {
+pub fn decode(bytes: impl Into<Bytes>) -> Result<OwnedFrame, String> {
+    let bytes: Bytes = bytes.into();
     let Some(header) = bytes.strip_prefix(RAW_MAGIC) else {
-        return Ok(OwnedFrame::Encoded(bytes.into()));
+        return Ok(OwnedFrame::Encoded(bytes));
     };
     if header.len() < RAW_HEADER {
         return Err("stored raw frame is truncated".into());
@@ -50,7 +51,7 @@ pub fn decode(bytes: Vec<u8>) -> Result<OwnedFrame, String> {
         height,
         stride,
         format,
-        data: Bytes::from(bytes).slice(RAW_MAGIC.len() + RAW_HEADER..),
+        data: bytes.slice(RAW_MAGIC.len() + RAW_HEADER..),
     })
 }
 

@@ -4,11 +4,14 @@
 //! Every write goes through [`atomic::write`], so a crash mid-write leaves
 //! the previous version intact. One server at a time uses a data folder (a
 //! lock on the folder itself); at start-up it clears what a crash can leave behind:
-//! temporary files, half-deleted and half-created recipe folders, and files
-//! no recipe names.
+//! temporary files, half-deleted, half-created and half-imported recipe
+//! folders, and files no recipe names. [`bundle`] is the one-file form a
+//! recipe is exported and imported in.
 
 pub mod atomic;
+pub mod bundle;
 pub mod frames;
+mod import;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,10 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// Prefix of a recipe folder being deleted.
 const DELETED_PREFIX: &str = ".deleted-";
+
+/// Prefix of a recipe folder being imported (renamed to the recipe's name
+/// once whole).
+const IMPORTING_PREFIX: &str = ".importing-";
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +234,7 @@ impl Store {
         {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let removed = if name.starts_with(DELETED_PREFIX) {
+            let removed = if name.starts_with(DELETED_PREFIX) || name.starts_with(IMPORTING_PREFIX) {
                 fs::remove_dir_all(&path)
             } else if name.starts_with(atomic::TEMP_PREFIX) {
                 fs::remove_file(&path)
@@ -358,7 +365,7 @@ impl Store {
         revision: u64,
         reference: &Reference,
     ) -> Result<String, StoreError> {
-        let file = format!("reference-{revision:08}.ref");
+        let file = reference_file_name(revision);
         atomic::write(&self.dir(name).join(&file), &reference::to_bytes(reference)?)?;
         Ok(file)
     }
@@ -428,6 +435,11 @@ impl Store {
     }
 }
 
+/// The name of the reference file of a recipe's `revision`.
+pub fn reference_file_name(revision: u64) -> String {
+    format!("reference-{revision:08}.ref")
+}
+
 /// Removes temporary files of interrupted writes from `folder`, if it exists.
 fn clear_temporary_files(folder: &Path) {
     let Ok(entries) = fs::read_dir(folder) else {
@@ -473,7 +485,7 @@ mod tests {
     }
 
     /// A store in a temporary folder holding one new recipe `name`.
-    fn store_with_recipe(name: &str) -> (tempfile::TempDir, Store, RecipeRecord) {
+    pub(super) fn store_with_recipe(name: &str) -> (tempfile::TempDir, Store, RecipeRecord) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let record = RecipeRecord::new(name.into(), RecipeSettings::default());
