@@ -2,6 +2,7 @@
 //! reference, the anomaly map, defect regions, heatmaps and the threshold.
 //! Plain synchronous functions over slices; no model, no transport.
 
+pub mod drift;
 pub mod heatmap;
 pub mod map;
 pub mod nearest;
