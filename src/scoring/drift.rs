@@ -54,8 +54,7 @@ use std::collections::VecDeque;
 /// Default number of recent PASS scores the statistics are taken over.
 pub const DEFAULT_WINDOW: u32 = 200;
 /// Accepted windows: at least 10 parts, and at most 10,000, so that the
-/// median (computed at every PASS part, linear in the window) stays within
-/// microseconds.
+/// median (computed at every PASS part, linear in the window) stays cheap.
 pub const WINDOW_RANGE: (u32, u32) = (10, 10_000);
 /// Default median shift that raises WATCH.
 pub const DEFAULT_WATCH_SHIFT: f32 = 0.5;

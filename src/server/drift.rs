@@ -5,8 +5,8 @@
 //!
 //! Updated where an inspection's event is published, before the answer
 //! goes out: one short lock of the recipe's tracker (a push into a ring
-//! buffer and a median over the window, linear in it: about a microsecond
-//! for the default 200), no I/O, nothing awaited. A change of state is
+//! buffer and a median over the window, linear in it), no I/O, nothing
+//! awaited. A change of state is
 //! logged (WARN for WATCH and DRIFT, INFO back to OK) and published on the
 //! event bus as [`DriftEvent`]. A new reference (good frames added, a
 //! rebuild) starts the window again, as does a restart: the window lives
