@@ -21,8 +21,15 @@ fn status(error: tonic::Status) -> anyhow::Error {
 
 fn print_recipe(recipe: &proto::Recipe) {
     let settings = settings_from_proto(recipe.settings.clone()).unwrap_or_default();
+    let drift = recipe.drift.as_ref().map_or(String::new(), |drift| {
+        let state = proto::DriftState::try_from(drift.state).unwrap_or(proto::DriftState::Unspecified);
+        format!(
+            "  drift {}",
+            state.as_str_name().trim_start_matches("DRIFT_STATE_")
+        )
+    });
     println!(
-        "{}  revision {}  references {}  threshold {:.4} ({})  input {}  mode {}",
+        "{}  revision {}  references {}  threshold {:.4} ({})  input {}  mode {}{drift}",
         recipe.name,
         recipe.revision,
         recipe.reference_count,
@@ -73,6 +80,15 @@ fn show_recipe(recipe: &proto::Recipe) {
         ("threshold", threshold),
         ("sensitivity", s.sensitivity.to_string()),
         ("target_false_reject_rate", s.target_false_reject_rate.to_string()),
+        ("drift_window", s.drift_window.to_string()),
+        (
+            "drift shift limits",
+            format!("watch {}, drift {}", s.drift_watch_shift, s.drift_limit_shift),
+        ),
+        (
+            "drift share limits",
+            format!("watch {}, drift {}", s.drift_watch_share, s.drift_limit_share),
+        ),
     ] {
         println!("    {name:<26}{value}");
     }
@@ -94,6 +110,35 @@ fn show_recipe(recipe: &proto::Recipe) {
             100.0 * calibration.target_false_reject_rate,
         );
     }
+    if let Some(drift) = &recipe.drift {
+        println!("    drift watch: {}", drift_line(drift));
+    }
+}
+
+/// The drift status in one line.
+fn drift_line(drift: &proto::Drift) -> String {
+    let state = proto::DriftState::try_from(drift.state).unwrap_or(proto::DriftState::Unspecified);
+    let name = state.as_str_name().trim_start_matches("DRIFT_STATE_");
+    if state == proto::DriftState::Unavailable {
+        return format!("{name}: {}", drift.reason);
+    }
+    let statistics = match (drift.median_shift, drift.share_above_p95) {
+        (Some(shift), Some(share)) => format!(
+            "median shift {shift:.2}, {:.1} % above the calibration p95 {:.4}",
+            100.0 * share,
+            drift.calibration_p95
+        ),
+        _ => "no PASS part seen yet".to_owned(),
+    };
+    let judged = if drift.window_parts < drift.min_parts {
+        format!(" (OK until {} parts are seen)", drift.min_parts)
+    } else {
+        String::new()
+    };
+    format!(
+        "{name}{judged}: {statistics} over the last {} PASS parts ({} seen since the reference)",
+        drift.window_parts, drift.parts_seen
+    )
 }
 
 /// Runs `loupe recipe ACTION` on the server `server` resolves to.

@@ -73,6 +73,30 @@ pub struct SettingsArgs {
     /// Inspection mask PNG (white = inspect, black = ignore).
     #[arg(long, env = "LOUPE_MASK", value_name = "PNG")]
     pub mask: Option<PathBuf>,
+
+    /// Drift watch: recent PASS parts the statistics are taken over, 10 to
+    /// 10000 (default 200).
+    #[arg(long, env = "LOUPE_DRIFT_WINDOW", value_name = "PARTS")]
+    pub drift_window: Option<u32>,
+
+    /// Drift watch: median shift (a rise), in calibration spreads, that
+    /// raises WATCH (default 0.5).
+    #[arg(long, env = "LOUPE_DRIFT_WATCH_SHIFT", value_name = "SPREADS")]
+    pub drift_watch_shift: Option<f32>,
+
+    /// Drift watch: median shift that raises DRIFT (default 1.0).
+    #[arg(long, env = "LOUPE_DRIFT_LIMIT_SHIFT", value_name = "SPREADS")]
+    pub drift_limit_shift: Option<f32>,
+
+    /// Drift watch: share of recent PASS parts above the calibration's 95th
+    /// percentile that raises WATCH, above 0.05 (default 0.10).
+    #[arg(long, env = "LOUPE_DRIFT_WATCH_SHARE", value_name = "FRACTION")]
+    pub drift_watch_share: Option<f32>,
+
+    /// Drift watch: share above the 95th percentile that raises DRIFT
+    /// (default 0.15).
+    #[arg(long, env = "LOUPE_DRIFT_LIMIT_SHARE", value_name = "FRACTION")]
+    pub drift_limit_share: Option<f32>,
 }
 
 pub(super) fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -200,6 +224,21 @@ impl SettingsArgs {
         }
         if let Some(v) = self.roi {
             set(Setting::Roi, &|s| s.roi = Some(v));
+        }
+        if let Some(v) = self.drift_window {
+            set(Setting::DriftWindow, &|s| s.drift_window = v);
+        }
+        if let Some(v) = self.drift_watch_shift {
+            set(Setting::DriftWatchShift, &|s| s.drift_watch_shift = v);
+        }
+        if let Some(v) = self.drift_limit_shift {
+            set(Setting::DriftLimitShift, &|s| s.drift_limit_shift = v);
+        }
+        if let Some(v) = self.drift_watch_share {
+            set(Setting::DriftWatchShare, &|s| s.drift_watch_share = v);
+        }
+        if let Some(v) = self.drift_limit_share {
+            set(Setting::DriftLimitShare, &|s| s.drift_limit_share = v);
         }
         if let Some(path) = &self.mask {
             let mask = std::fs::read(path).map_err(|e| ConfigError {

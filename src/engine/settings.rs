@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::imaging::{Channels, DecodeLimits, FrameData, Image, Roi, decode};
 pub use crate::reference::MatchMode;
+use crate::scoring::drift::DriftLimits;
 use crate::scoring::map::resize_f32;
 use crate::scoring::threshold::{
     DEFAULT_TARGET_FALSE_REJECT_RATE, MAX_TARGET_FALSE_REJECT_RATE, MIN_TARGET_FALSE_REJECT_RATE,
@@ -73,10 +74,24 @@ pub struct RecipeSettings {
     pub mask_png: Vec<u8>,
     /// Global only: coreset size (reference patches kept).
     pub reference_size: u32,
+    /// Drift watch: recent PASS scores the statistics are taken over (see
+    /// [`crate::scoring::drift`]).
+    pub drift_window: u32,
+    /// Drift watch: median shift, in calibration spreads, that raises WATCH.
+    pub drift_watch_shift: f32,
+    /// Drift watch: median shift that raises DRIFT.
+    pub drift_limit_shift: f32,
+    /// Drift watch: share above the calibration's 95th percentile that
+    /// raises WATCH.
+    pub drift_watch_share: f32,
+    /// Drift watch: share above the calibration's 95th percentile that
+    /// raises DRIFT.
+    pub drift_limit_share: f32,
 }
 
 impl Default for RecipeSettings {
     fn default() -> Self {
+        let drift = DriftLimits::default();
         Self {
             input_width: 0,
             input_height: 0,
@@ -90,6 +105,11 @@ impl Default for RecipeSettings {
             roi: None,
             mask_png: Vec::new(),
             reference_size: DEFAULT_REFERENCE_SIZE,
+            drift_window: drift.window,
+            drift_watch_shift: drift.watch_shift,
+            drift_limit_shift: drift.limit_shift,
+            drift_watch_share: drift.watch_share,
+            drift_limit_share: drift.limit_share,
         }
     }
 }
@@ -141,6 +161,17 @@ impl RecipeSettings {
             (true, MatchMode::Global) if self.mask_png.is_empty() => Aspect(default_area),
             (true, MatchMode::Global) if self.keep_aspect => Aspect(default_area),
             (true, MatchMode::Global) => Fixed(DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE),
+        }
+    }
+
+    /// The drift watch's limits.
+    pub fn drift_limits(&self) -> DriftLimits {
+        DriftLimits {
+            window: self.drift_window,
+            watch_shift: self.drift_watch_shift,
+            limit_shift: self.drift_limit_shift,
+            watch_share: self.drift_watch_share,
+            limit_share: self.drift_limit_share,
         }
     }
 
@@ -214,7 +245,7 @@ impl RecipeSettings {
         {
             return Err(invalid("roi width and height must be above 0".into()));
         }
-        Ok(())
+        self.drift_limits().validate().map_err(invalid)
     }
 
     /// The inspection mask at the model input size `rule` resolves to (1
@@ -275,6 +306,11 @@ impl RecipeSettings {
             Setting::Roi => self.roi = from.roi,
             Setting::Mask => self.mask_png.clone_from(&from.mask_png),
             Setting::ReferenceSize => self.reference_size = from.reference_size,
+            Setting::DriftWindow => self.drift_window = from.drift_window,
+            Setting::DriftWatchShift => self.drift_watch_shift = from.drift_watch_shift,
+            Setting::DriftLimitShift => self.drift_limit_shift = from.drift_limit_shift,
+            Setting::DriftWatchShare => self.drift_watch_share = from.drift_watch_share,
+            Setting::DriftLimitShare => self.drift_limit_share = from.drift_limit_share,
         }
     }
 }
@@ -305,11 +341,21 @@ pub enum Setting {
     Mask,
     /// `reference_size`.
     ReferenceSize,
+    /// `drift_window`.
+    DriftWindow,
+    /// `drift_watch_shift`.
+    DriftWatchShift,
+    /// `drift_limit_shift`.
+    DriftLimitShift,
+    /// `drift_watch_share`.
+    DriftWatchShare,
+    /// `drift_limit_share`.
+    DriftLimitShare,
 }
 
 impl Setting {
     /// Every setting.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 16] = [
         Self::InputSize,
         Self::KeepAspect,
         Self::MatchMode,
@@ -321,6 +367,11 @@ impl Setting {
         Self::Roi,
         Self::Mask,
         Self::ReferenceSize,
+        Self::DriftWindow,
+        Self::DriftWatchShift,
+        Self::DriftLimitShift,
+        Self::DriftWatchShare,
+        Self::DriftLimitShare,
     ];
 
     /// The field names of [`RecipeSettings`] (and of the proto message)
@@ -338,6 +389,11 @@ impl Setting {
             Self::Roi => &["roi"],
             Self::Mask => &["mask_png"],
             Self::ReferenceSize => &["reference_size"],
+            Self::DriftWindow => &["drift_window"],
+            Self::DriftWatchShift => &["drift_watch_shift"],
+            Self::DriftLimitShift => &["drift_limit_shift"],
+            Self::DriftWatchShare => &["drift_watch_share"],
+            Self::DriftLimitShare => &["drift_limit_share"],
         }
     }
 
@@ -526,6 +582,18 @@ mod tests {
             s.neighborhood = 3;
         });
         assert!(aligned.reference_changes(&aligned_wider));
+        let drift = with(|s| {
+            s.drift_window = 50;
+            s.drift_limit_share = 0.3;
+        });
+        assert!(
+            !global.reference_changes(&drift),
+            "the drift watch never rebuilds"
+        );
+        assert_eq!(
+            global.changes(&drift),
+            [Setting::DriftWindow, Setting::DriftLimitShare]
+        );
     }
 
     #[test]

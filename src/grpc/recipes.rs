@@ -10,10 +10,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto;
 use crate::proto::convert::{
-    frame_from_proto, recipe_state_to_proto, settings_from_proto, settings_update_from_proto,
+    drift_to_proto, frame_from_proto, recipe_state_to_proto, settings_from_proto, settings_update_from_proto,
 };
 use crate::proto::recipes_server::Recipes;
-use crate::server::{GoodFrame, Server, frame_label};
+use crate::server::{GoodFrame, RecipeState, Server, frame_label};
 use crate::text::quoted;
 
 /// Bytes of a recipe file per ExportRecipe chunk.
@@ -32,6 +32,14 @@ impl RecipesService {
     /// Serves the core's recipes.
     pub fn new(server: Arc<Server>) -> Self {
         Self { server }
+    }
+
+    /// The proto form of `state`, with its drift status.
+    fn recipe(&self, state: &RecipeState) -> proto::Recipe {
+        proto::Recipe {
+            drift: self.server.drift(state).as_ref().map(drift_to_proto),
+            ..recipe_state_to_proto(state)
+        }
     }
 
     /// Reads an AddReferences stream: the recipe from the first message
@@ -220,7 +228,7 @@ impl Recipes for RecipesService {
         let request = request.into_inner();
         let settings = settings_from_proto(request.settings)?;
         let state = self.server.create_recipe(request.name, settings, peer).await?;
-        Ok(Response::new(recipe_state_to_proto(&state)))
+        Ok(Response::new(self.recipe(&state)))
     }
 
     async fn update_recipe(
@@ -233,7 +241,7 @@ impl Recipes for RecipesService {
         let (state, rebuilt) = self.server.update_recipe(&request.name, update, peer).await?;
         Ok(Response::new(proto::Recipe {
             reference_rebuilt: rebuilt,
-            ..recipe_state_to_proto(&state)
+            ..self.recipe(&state)
         }))
     }
 
@@ -245,7 +253,7 @@ impl Recipes for RecipesService {
         let _turn = self.server.admit_references().await;
         let (recipe, replace, frames) = self.collect(request.into_inner()).await?;
         let state = self.server.add_references(&recipe, frames, replace, peer).await?;
-        Ok(Response::new(recipe_state_to_proto(&state)))
+        Ok(Response::new(self.recipe(&state)))
     }
 
     async fn get_recipe(
@@ -253,7 +261,7 @@ impl Recipes for RecipesService {
         request: Request<proto::GetRecipeRequest>,
     ) -> Result<Response<proto::Recipe>, Status> {
         let state = self.server.recipe(&request.into_inner().name)?;
-        Ok(Response::new(recipe_state_to_proto(&state)))
+        Ok(Response::new(self.recipe(&state)))
     }
 
     async fn list_recipes(
@@ -271,7 +279,7 @@ impl Recipes for RecipesService {
             .recipes()
             .iter()
             .map(|state| {
-                let mut recipe = recipe_state_to_proto(state);
+                let mut recipe = self.recipe(state);
                 if let (false, Some(settings)) = (full, &mut recipe.settings) {
                     settings.mask_png = Default::default();
                 }

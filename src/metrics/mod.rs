@@ -1,11 +1,12 @@
 //! Prometheus metrics for `--metrics-listen`: counters and histograms fed by
 //! a subscriber of the core's events (never on the inspection path: a
-//! subscriber that falls behind loses events, which the bus counts), two
-//! values read from the core at scrape time, failed gRPC calls counted by
+//! subscriber that falls behind loses events, which the bus counts), values
+//! read from the core at scrape time (frames in flight, events dropped, each
+//! recipe's drift state and statistics), failed gRPC calls counted by
 //! the transport's layer ([`crate::grpc::calls`]), and the HTTP listener
 //! that serves them all on `GET /metrics` in the Prometheus text format.
 //!
-//! Left out for now because the core has nothing to report yet: drift and
+//! Left out for now because the core has nothing to report yet:
 //! audit-trail writes; failed enrollments (the events carry only the
 //! recipe changes that happened).
 
@@ -30,7 +31,7 @@ use tonic::Code;
 
 use crate::engine::Verdict;
 use crate::grpc::calls::FailedCalls;
-use crate::server::{Event, InspectionEvent, RecipeChange, RecipeEvent, Server, Subscription};
+use crate::server::{DriftState, Event, InspectionEvent, RecipeChange, RecipeEvent, Server, Subscription};
 
 /// Bounds of the stage-time buckets, seconds.
 const STAGE_BUCKETS: [f64; 14] = [
@@ -144,6 +145,8 @@ impl Metrics {
         match event {
             Event::Inspection(inspection) => self.inspected(inspection),
             Event::Recipe(change) => self.recipe_changed(change),
+            // Drift is read from the core at each scrape.
+            Event::Drift(_) => {}
         }
     }
 
@@ -281,7 +284,8 @@ impl FailedCalls for Metrics {
 /// A status code as gRPC spells it (`NOT_FOUND`).
 pub use crate::grpc::code_name;
 
-/// What is read from the core at each scrape: two counters, no work.
+/// What is read from the core at each scrape: two counters and each
+/// recipe's drift status (a short lock per recipe), no I/O.
 #[derive(Debug)]
 struct Core(Arc<Server>);
 
@@ -301,8 +305,64 @@ impl Collector for Core {
             None,
             dropped.metric_type(),
         )?)?;
-        Ok(())
+        encode_drift(&self.0, &mut encoder)
     }
+}
+
+/// `loupe_drift_state`, `loupe_drift_median_shift` and
+/// `loupe_drift_share_above_p95` of every recipe with a drift watch.
+fn encode_drift(server: &Server, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut states = Vec::new();
+    let mut statistics = Vec::new();
+    for state in server.recipes() {
+        let Some(drift) = server.drift(&state) else {
+            continue;
+        };
+        let level = match drift.state {
+            DriftState::Ok => 0,
+            DriftState::Watch => 1,
+            DriftState::Drift => 2,
+            DriftState::Unavailable => continue,
+        };
+        let labels = RecipeLabels {
+            recipe: state.record.name.clone(),
+        };
+        if let Some(stats) = drift.statistics {
+            statistics.push((labels.clone(), stats));
+        }
+        states.push((labels, level));
+    }
+    let gauge = ConstGauge::new(0i64);
+    let mut family = encoder.encode_descriptor(
+        "drift_state",
+        "Drift watch state of each recipe with one: 0 OK, 1 WATCH, 2 DRIFT (recipes without a reference, \
+         or whose reference gives no basis, are left out)",
+        None,
+        gauge.metric_type(),
+    )?;
+    for (labels, level) in &states {
+        ConstGauge::new(*level).encode(family.encode_family(labels)?)?;
+    }
+    let gauge = ConstGauge::new(0.0f64);
+    let mut family = encoder.encode_descriptor(
+        "drift_median_shift",
+        "Median of the recent PASS scores minus the calibration median, over the calibration's p95 - median",
+        None,
+        gauge.metric_type(),
+    )?;
+    for (labels, stats) in &statistics {
+        ConstGauge::new(f64::from(stats.median_shift)).encode(family.encode_family(labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "drift_share_above_p95",
+        "Share of the recent PASS scores above the calibration's 95th percentile (expected 0.05)",
+        None,
+        gauge.metric_type(),
+    )?;
+    for (labels, stats) in &statistics {
+        ConstGauge::new(f64::from(stats.share_above_p95)).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
 }
 
 /// Why the metrics listener could not start.

@@ -9,7 +9,7 @@ use crate::engine::{
 };
 use crate::imaging::{OwnedFrame, PixelFormat, Roi};
 use crate::proto;
-use crate::server::{InspectRequest, Inspected, RecipeState, Timings};
+use crate::server::{DriftState, DriftStatus, InspectRequest, Inspected, RecipeState, Timings};
 use crate::store::RecipeRecord;
 
 /// A message that cannot be used: the text says what was expected and what
@@ -65,7 +65,17 @@ pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<Re
         }),
         mask_png: p.mask_png.to_vec(),
         reference_size: or(p.reference_size, defaults.reference_size),
+        drift_window: or(p.drift_window, defaults.drift_window),
+        drift_watch_shift: or_f32(p.drift_watch_shift, defaults.drift_watch_shift),
+        drift_limit_shift: or_f32(p.drift_limit_shift, defaults.drift_limit_shift),
+        drift_watch_share: or_f32(p.drift_watch_share, defaults.drift_watch_share),
+        drift_limit_share: or_f32(p.drift_limit_share, defaults.drift_limit_share),
     })
+}
+
+/// A float field, 0 (unset) meaning the default.
+fn or_f32(value: f32, default: f32) -> f32 {
+    if value == 0.0 { default } else { value }
 }
 
 /// A settings change from UpdateRecipe's `settings` and `update_mask`
@@ -128,6 +138,11 @@ fn set_settings(p: &proto::RecipeSettings) -> Vec<Setting> {
             Setting::Roi => p.roi.is_some(),
             Setting::Mask => !p.mask_png.is_empty(),
             Setting::ReferenceSize => p.reference_size != 0,
+            Setting::DriftWindow => p.drift_window != 0,
+            Setting::DriftWatchShift => p.drift_watch_shift != 0.0,
+            Setting::DriftLimitShift => p.drift_limit_shift != 0.0,
+            Setting::DriftWatchShare => p.drift_watch_share != 0.0,
+            Setting::DriftLimitShare => p.drift_limit_share != 0.0,
         })
         .collect()
 }
@@ -152,6 +167,38 @@ pub fn settings_to_proto(settings: &RecipeSettings) -> proto::RecipeSettings {
         reference_size: settings.reference_size,
         keep_aspect: settings.keep_aspect,
         target_false_reject_rate: settings.target_false_reject_rate,
+        drift_window: settings.drift_window,
+        drift_watch_shift: settings.drift_watch_shift,
+        drift_limit_shift: settings.drift_limit_shift,
+        drift_watch_share: settings.drift_watch_share,
+        drift_limit_share: settings.drift_limit_share,
+    }
+}
+
+/// The proto form of a recipe's drift status.
+pub fn drift_to_proto(status: &DriftStatus) -> proto::Drift {
+    let state = match status.state {
+        DriftState::Ok => proto::DriftState::Ok,
+        DriftState::Watch => proto::DriftState::Watch,
+        DriftState::Drift => proto::DriftState::Drift,
+        DriftState::Unavailable => proto::DriftState::Unavailable,
+    };
+    let limits = status.limits;
+    proto::Drift {
+        state: state as i32,
+        parts_seen: status.parts_seen,
+        window_parts: u32::try_from(status.window_parts).unwrap_or(u32::MAX),
+        min_parts: u32::try_from(status.min_parts).unwrap_or(u32::MAX),
+        median_shift: status.statistics.map(|s| s.median_shift),
+        share_above_p95: status.statistics.map(|s| s.share_above_p95),
+        calibration_median: status.basis.map_or(0.0, |b| b.median),
+        calibration_p95: status.basis.map_or(0.0, |b| b.p95),
+        reason: status.reason.clone().unwrap_or_default(),
+        window: limits.window,
+        watch_shift: limits.watch_shift,
+        limit_shift: limits.limit_shift,
+        watch_share: limits.watch_share,
+        limit_share: limits.limit_share,
     }
 }
 
@@ -197,6 +244,7 @@ pub fn recipe_to_proto(record: &RecipeRecord, threshold: f32) -> proto::Recipe {
         status: proto::RecipeStatus::Unspecified as i32,
         status_reason: String::new(),
         reference_rebuilt: false,
+        drift: None,
     }
 }
 
@@ -446,6 +494,27 @@ mod tests {
         assert_eq!(
             settings_from_proto(Some(settings_to_proto(&engine))).unwrap(),
             engine
+        );
+    }
+
+    #[test]
+    fn drift_settings_convert_and_update_alone() {
+        let drift = proto::RecipeSettings {
+            drift_window: 50,
+            drift_limit_share: 0.3,
+            ..Default::default()
+        };
+        let update = settings_update_from_proto(Some(drift), None).unwrap();
+        assert_eq!(update.settings, [Setting::DriftWindow, Setting::DriftLimitShare]);
+        let applied = update.apply(&RecipeSettings::default());
+        assert_eq!((applied.drift_window, applied.drift_limit_share), (50, 0.3));
+        assert_eq!(
+            applied.drift_watch_share,
+            RecipeSettings::default().drift_watch_share
+        );
+        assert_eq!(
+            settings_from_proto(Some(settings_to_proto(&applied))).unwrap(),
+            applied
         );
     }
 

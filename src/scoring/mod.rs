@@ -3,6 +3,7 @@
 //! Plain synchronous functions over slices; no model, no transport.
 
 pub mod annotate;
+pub mod drift;
 pub mod heatmap;
 pub mod map;
 pub mod nearest;

@@ -1,5 +1,6 @@
 //! What happened in the core, for whoever listens: a typed event for every
-//! finished inspection and every recipe change, through a bounded fan-out.
+//! finished inspection, every recipe change and every change of a recipe's
+//! drift state, through a bounded fan-out.
 //!
 //! Each subscriber has its own bounded queue. Publishing never waits: when a
 //! subscriber's queue is full its event is dropped and counted (on the
@@ -15,7 +16,7 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::{Batch, Timings};
+use super::{Batch, DriftEvent, Timings};
 use crate::engine::{Region, Setting, Verdict};
 use crate::imaging::{Geometry, Image};
 use crate::scoring::map::AnomalyMap;
@@ -30,6 +31,8 @@ pub enum Event {
     Inspection(Arc<InspectionEvent>),
     /// A recipe changed.
     Recipe(Arc<RecipeEvent>),
+    /// A recipe's drift state changed.
+    Drift(Arc<DriftEvent>),
 }
 
 /// A judged frame.
@@ -327,6 +330,7 @@ mod tests {
         match event {
             Event::Recipe(recipe) => recipe.revision,
             Event::Inspection(inspection) => inspection.revision,
+            Event::Drift(drift) => drift.revision,
         }
     }
 

@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use super::error::OVERLOADED;
 use super::events::{Event, InspectionEvent, InspectionImages};
 use super::worker::{InspectJob, Job};
-use super::{Batch, Error, InspectRequest, Inspected, Server, Timings};
-use crate::engine::{HeatmapFormat, InspectOptions, Inspection, Judge};
+use super::{Batch, Error, InspectRequest, Inspected, RecipeState, Server, Timings};
+use crate::engine::{HeatmapFormat, InspectOptions, Inspection, Judge, Verdict};
 use crate::imaging::{self, DecodeCost, DecodeLimits, Image};
 use crate::scoring::heatmap::output_size;
 
@@ -241,6 +241,8 @@ impl Inspector {
 /// A judged frame before its event is published.
 struct Judged {
     recipe: String,
+    /// The recipe revision that judged it.
+    state: Arc<RecipeState>,
     inspected: Inspected,
     batch: Batch,
     inspection: Inspection,
@@ -385,6 +387,7 @@ impl Server {
         };
         Ok(Judged {
             recipe: name,
+            state: recipe,
             inspected,
             batch,
             inspection,
@@ -399,6 +402,7 @@ impl Server {
     fn publish(&self, judged: Judged) -> Inspected {
         let Judged {
             recipe,
+            state,
             inspected,
             batch,
             inspection,
@@ -406,6 +410,10 @@ impl Server {
             peer,
             _memory,
         } = judged;
+        // The drift watch counts PASS parts only: defects are not drift.
+        let drift = (inspected.verdict == Verdict::Pass)
+            .then(|| self.drift.observe(&state, inspected.score))
+            .flatten();
         let audience = self.events.audience();
         let images = if audience.images {
             Some(InspectionImages {
@@ -432,6 +440,9 @@ impl Server {
                 peer,
                 images,
             })));
+        }
+        if let Some(change) = drift {
+            self.events.publish(&Event::Drift(Arc::new(change)));
         }
         inspected
     }

@@ -4,6 +4,7 @@
 //! that side concerns subscribe to. Loupe types in and out; it knows no
 //! transport (the gRPC layer converts to and from it).
 
+pub mod drift;
 mod error;
 pub mod events;
 mod inspect;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
+pub use drift::{DriftEvent, DriftState, DriftStatus};
 pub use error::{Error, frame_label};
 pub use events::{
     Event, Events, InspectionEvent, InspectionImages, RecipeChange, RecipeEvent, SubscribeOptions,
@@ -35,6 +37,7 @@ use crate::model::{self, ModelConfig, ModelError, ModelSource};
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreError};
 
+use drift::DriftWatch;
 use inspect::Inspector;
 use registry::Registry;
 use worker::Worker;
@@ -207,6 +210,7 @@ pub struct Server {
     worker: Worker,
     inspector: Inspector,
     events: Events,
+    drift: DriftWatch,
     references: ReferenceLimits,
     /// AddReferences calls receiving frames at once.
     reference_calls: Arc<tokio::sync::Semaphore>,
@@ -290,6 +294,7 @@ impl Server {
             ),
             worker,
             events,
+            drift: DriftWatch::new(),
             references: config.references,
             reference_calls: Arc::new(tokio::sync::Semaphore::new(REFERENCE_CALLS)),
         });
@@ -305,6 +310,12 @@ impl Server {
     /// The event fan-out, to subscribe to.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// The drift watch's status of a recipe (`state` as [`Server::recipe`]
+    /// gave it); `None` while it has no reference.
+    pub fn drift(&self, state: &RecipeState) -> Option<DriftStatus> {
+        self.drift.status(state)
     }
 
     /// Caps on good frames.
@@ -436,6 +447,7 @@ impl Server {
         let (server, name) = (self.clone(), name.to_owned());
         detached(async move {
             server.registry.delete(&name).await?;
+            server.drift.forget(&name);
             server
                 .events
                 .publish(&recipe_event(name, 0, RecipeChange::Deleted, peer));

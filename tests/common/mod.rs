@@ -86,7 +86,13 @@ impl TestServer {
         Self::start_with_listeners(config, loupe::server::Events::new(), true).await
     }
 
-    async fn start_with_listeners(config: ServeConfig, events: loupe::server::Events, metrics: bool) -> Self {
+    /// [`TestServer::start`] publishing on `events`, with metrics on
+    /// 127.0.0.1:0 when `metrics`.
+    pub async fn start_with_listeners(
+        config: ServeConfig,
+        events: loupe::server::Events,
+        metrics: bool,
+    ) -> Self {
         let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
         let listener = bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
