@@ -357,6 +357,17 @@ fn judgement(
     })
 }
 
+/// The heatmap of `map` blended over the ROI of `image` at the ROI's size,
+/// as PNG: what the audit trail keeps of a judged frame.
+pub fn overlay_png(
+    image: &Image,
+    map: &AnomalyMap,
+    geometry: &Geometry,
+    threshold: f32,
+) -> Result<HeatmapImage, EngineError> {
+    render(image, map, geometry, threshold, HeatmapFormat::OverlayPng, 0)
+}
+
 /// Renders the map as the requested heatmap, sized to the ROI or to
 /// `max_size` on its longer side.
 fn render(

@@ -5,8 +5,11 @@
 //! the transport's layer ([`crate::grpc::calls`]), and the HTTP listener
 //! that serves them all on `GET /metrics` in the Prometheus text format.
 //!
-//! Left out for now because the core has nothing to report yet: drift and
-//! audit-trail writes; failed enrollments (the events carry only the
+//! The audit trail's failed writes and dropped records are read from it
+//! at scrape time ([`register_audit`]).
+//!
+//! Left out for now because the core has nothing to report yet: drift;
+//! failed enrollments (the events carry only the
 //! recipe changes that happened).
 
 use std::future::Future;
@@ -28,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
+use crate::audit::Audit;
 use crate::engine::Verdict;
 use crate::grpc::calls::FailedCalls;
 use crate::server::{Event, InspectionEvent, RecipeChange, RecipeEvent, Server, Subscription};
@@ -318,6 +322,35 @@ impl Collector for Core {
         dropped.encode(encoder.encode_descriptor(
             "events_dropped",
             "Core events lost by subscribers that fell behind (these metrics, or any other subscriber).",
+            None,
+            dropped.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Adds the audit trail's counts to `registry`: read at each scrape.
+pub fn register_audit(registry: &mut Registry, audit: Audit) {
+    registry.register_collector(Box::new(AuditCounts(audit)));
+}
+
+/// What is read from the audit trail at each scrape.
+#[derive(Debug)]
+struct AuditCounts(Audit);
+
+impl Collector for AuditCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let failed = ConstCounter::new(self.0.writes_failed());
+        failed.encode(encoder.encode_descriptor(
+            "audit_writes_failed",
+            "Audit-trail records and files that could not be written (the disk, say); the inspections were answered.",
+            None,
+            failed.metric_type(),
+        )?)?;
+        let dropped = ConstCounter::new(self.0.records_dropped());
+        dropped.encode(encoder.encode_descriptor(
+            "audit_records_dropped",
+            "Core events the audit writer lost because its queue (--audit-queue) was full.",
             None,
             dropped.metric_type(),
         )?)?;
