@@ -320,14 +320,14 @@ pub enum ResultsAction {
         #[arg(long, env = "LOUPE_RECIPE")]
         recipe: Option<String>,
         /// Only this verdict.
-        #[arg(long, value_enum)]
+        #[arg(long, env = "LOUPE_VERDICT", value_enum)]
         verdict: Option<VerdictArg>,
         /// Only those of the last DURATION: a number with s, m, h or d
         /// (`30m`, `8h`, `7d`).
-        #[arg(long, value_name = "DURATION", value_parser = parse_ago)]
+        #[arg(long, env = "LOUPE_SINCE", value_name = "DURATION", value_parser = parse_ago)]
         since: Option<std::time::Duration>,
         /// Most results printed.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, env = "LOUPE_LIMIT", default_value_t = 20)]
         limit: usize,
         /// One JSON object a line (the API's fields).
         #[arg(long, env = "LOUPE_JSON")]
@@ -339,7 +339,7 @@ pub enum ResultsAction {
         id: String,
         /// Write `ID.frame.png` and `ID.overlay.png` into this folder (when
         /// the server kept them).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, env = "LOUPE_SAVE_IMAGES", value_name = "DIR")]
         save_images: Option<PathBuf>,
         /// Print the result as JSON.
         #[arg(long, env = "LOUPE_JSON")]
