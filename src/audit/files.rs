@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(files.read(&frame).unwrap(), b"one");
         let (mut found, folders) = files.list().unwrap();
         found.sort();
-        assert_eq!(found, [frame.clone(), overlay.clone()]);
+        assert_eq!(found, [frame.clone(), overlay]);
         assert_eq!(folders, [files.root().join("3")]);
         files.remove(&frame).unwrap();
         files.remove(&frame).unwrap();

@@ -131,6 +131,7 @@ pub enum AuditError {
 }
 
 impl AuditError {
+    #[allow(clippy::needless_pass_by_value)] // used as `map_err(AuditError::database)`
     fn database(error: rusqlite::Error) -> Self {
         Self::Database(error.to_string())
     }
@@ -194,6 +195,10 @@ impl ImagesState {
         }
     }
 }
+
+/// A recorded recipe change: recipe, revision, what changed, the client's
+/// address.
+pub type ChangeRow = (String, u64, String, Option<String>);
 
 /// Where a recorded frame's time went.
 pub type StageTimes = Timings;
@@ -450,7 +455,7 @@ impl Audit {
 
     /// Recipe changes recorded, oldest first: (recipe, revision, what
     /// changed, client address).
-    pub async fn recipe_changes(&self) -> Result<Vec<(String, u64, String, Option<String>)>, AuditError> {
+    pub async fn recipe_changes(&self) -> Result<Vec<ChangeRow>, AuditError> {
         self.read(|store, _| store.recipe_changes()).await
     }
 

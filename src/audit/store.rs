@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{AuditError, ImagesState, ResultFilter, ResultRecord, StageTimes};
+use super::{AuditError, ChangeRow, ImagesState, ResultFilter, ResultRecord, StageTimes};
 use crate::engine::{Region, Verdict};
 
 /// The schema, created when missing; `user_version` says which it is.
@@ -370,7 +370,7 @@ impl Store {
     }
 
     /// Recipe changes, oldest first: (recipe, revision, change, peer).
-    pub fn recipe_changes(&self) -> Result<Vec<(String, u64, String, Option<String>)>, AuditError> {
+    pub fn recipe_changes(&self) -> Result<Vec<ChangeRow>, AuditError> {
         let mut statement = self
             .conn
             .prepare("SELECT recipe, revision, change, peer FROM recipe_changes ORDER BY id")

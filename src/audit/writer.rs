@@ -189,7 +189,7 @@ impl Writer {
             Verdict::Pass => {
                 let index = self.passes;
                 self.passes += 1;
-                self.pass_every.is_some_and(|every| index % every == 0)
+                self.pass_every.is_some_and(|every| index.is_multiple_of(every))
             }
         }
     }

@@ -103,11 +103,21 @@ mod tests {
         assert_eq!(audit.queue, 1024);
         assert_eq!(audit.retain_bytes, 10 << 30);
         assert_eq!(audit.retain.as_secs(), 90 * 86_400);
-        let audit = serve(&["--retain-bytes", "500MiB", "--retain-days", "7", "--audit-pass-sample", "1"])
-            .unwrap()
-            .audit
-            .unwrap();
-        assert_eq!((audit.retain_bytes, audit.retain.as_secs(), audit.pass_sample), (500 << 20, 7 * 86_400, 1.0));
+        let audit = serve(&[
+            "--retain-bytes",
+            "500MiB",
+            "--retain-days",
+            "7",
+            "--audit-pass-sample",
+            "1",
+        ])
+        .unwrap()
+        .audit
+        .unwrap();
+        assert_eq!(
+            (audit.retain_bytes, audit.retain.as_secs(), audit.pass_sample),
+            (500 << 20, 7 * 86_400, 1.0)
+        );
         assert!(serve(&["--audit", "off"]).unwrap().audit.is_none());
         let error = serve(&["--audit-pass-sample", "2"]).unwrap_err();
         assert!(error.contains("--audit-pass-sample"), "{error}");
