@@ -153,13 +153,19 @@ pub async fn serve_with_listeners(
             listener,
         )
     });
-    // The audit writer too: recipe changes at start-up are recorded.
-    let (audit, audit_writer) = match &config.audit {
-        Some(audit) => {
-            let subscription = events.subscribe(SubscribeOptions {
-                capacity: audit.queue,
-                images: true,
-            });
+    // The audit trail's subscription too, so that recipe changes at
+    // start-up are recorded; the trail itself is opened once the core holds
+    // the data folder (its start-up clean-up must never run beside another
+    // server's writer).
+    let audit_subscription = config.audit.as_ref().map(|audit| {
+        events.subscribe(SubscribeOptions {
+            capacity: audit.queue,
+            images: true,
+        })
+    });
+    let starting = Server::start(server_config(&config), runtime, events).await?;
+    let (audit, audit_writer) = match (&config.audit, audit_subscription) {
+        (Some(audit), Some(subscription)) => {
             let (reader, writer) = Audit::start(audit.clone(), &config.data_dir, subscription).await?;
             tracing::info!(
                 folder = %crate::audit::folder(&config.data_dir).display(),
@@ -169,9 +175,8 @@ pub async fn serve_with_listeners(
             );
             (Some(reader), Some(writer))
         }
-        None => (None, None),
+        _ => (None, None),
     };
-    let starting = Server::start(server_config(&config), runtime, events).await?;
     let (failed_calls, metrics_tasks) = match metrics {
         Some((metrics, subscription, listener)) => {
             let addr = listener
