@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/loupe/v1/types.proto",
         "proto/loupe/v1/inspection.proto",
         "proto/loupe/v1/recipes.proto",
+        "proto/loupe/v1/results.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -1,6 +1,10 @@
-//! The command-line client: `loupe recipe ...` and `loupe inspect`, over the
-//! same gRPC API an integrator uses, so the service can be tried without
-//! writing code.
+//! The command-line client: `loupe recipe ...`, `loupe inspect` and
+//! `loupe results ...`, over the same gRPC API an integrator
+//! uses, so the service can be tried without writing code.
+
+mod results;
+
+pub use results::results;
 
 use std::path::{Path, PathBuf};
 

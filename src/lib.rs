@@ -5,11 +5,13 @@
 //! -> server core ([`server`]: admission, batching, worker, recipes,
 //! [`store`], events) -> [`engine`] (sync: enroll, judge; over
 //! [`imaging`], [`scoring`], [`mod@reference`]) -> [`model`] (a trait, ONNX
-//! Runtime behind it). A new front end goes beside [`grpc`] and is wired up
+//! Runtime behind it). [`audit`] records every verdict from the core's
+//! events. A new front end goes beside [`grpc`] and is wired up
 //! in [`serve`]; a new model kind or device goes in [`model`].
 //! [`runtime`] finds the ONNX Runtime library; [`config`] turns flags into
 //! configuration; [`logging`] sets up the log lines and logs the core's events; [`cli`] and [`mod@bench`] are clients of the API and the engine.
 
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;

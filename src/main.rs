@@ -33,6 +33,11 @@ fn main() -> ExitCode {
             .resolve()
             .map_err(setup)
             .and_then(|server| inspect(&server, args)),
+        Command::Results(args) => args
+            .server
+            .resolve()
+            .map_err(setup)
+            .and_then(|server| client(loupe::cli::results(&server, args.action))),
         Command::Bench(args) => bench(&args),
         Command::Demo(args) => demo(&args.dir),
     };

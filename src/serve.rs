@@ -1,14 +1,15 @@
 //! `loupe serve`: the server core with its front ends. Builds the event bus,
 //! starts the core (recipes from the data folder, the model on the engine
 //! thread), and serves it over gRPC until shutdown. A new front end (an HTTP
-//! console, a metrics listener) or a subscriber to the core's events is
-//! attached here.
+//! console, a metrics listener) or a subscriber to the core's events (the
+//! metrics, the audit trail) is attached here.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::audit::{Audit, AuditError};
 use crate::config::ServeConfig;
 use crate::engine::EngineError;
 use crate::grpc::{self, GrpcError};
@@ -36,6 +37,9 @@ pub enum ServeError {
     /// The metrics listener could not start.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The audit trail could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The engine thread died while starting.
     #[error("the engine thread stopped unexpectedly")]
     Worker,
@@ -150,14 +154,41 @@ pub async fn serve_with_listeners(
             listener,
         )
     });
+    // The audit trail's subscription too, so that recipe changes at
+    // start-up are recorded; the trail itself is opened once the core holds
+    // the data folder (its start-up clean-up must never run beside another
+    // server's writer).
+    let audit_subscription = config.audit.as_ref().map(|audit| {
+        events.subscribe(SubscribeOptions {
+            capacity: audit.queue,
+            images: true,
+        })
+    });
     let starting = Server::start(server_config(&config), runtime, events).await?;
+    let (audit, audit_writer) = match (&config.audit, audit_subscription) {
+        (Some(audit), Some(subscription)) => {
+            let (reader, writer) = Audit::start(audit.clone(), &config.data_dir, subscription).await?;
+            tracing::info!(
+                folder = %crate::audit::folder(&config.data_dir).display(),
+                retain_days = audit.retain.as_secs() / 86_400,
+                retain_bytes = audit.retain_bytes,
+                "recording the audit trail"
+            );
+            (Some(reader), Some(writer))
+        }
+        _ => (None, None),
+    };
     let (failed_calls, mut attached) = match metrics {
         Some((metrics, subscription, listener)) => {
             let addr = listener
                 .local_addr()
                 .map_or_else(|_| "an unknown address".to_owned(), |addr| addr.to_string());
             tracing::info!(%addr, "serving metrics on GET /metrics");
-            let registry = Arc::new(metrics.registry(Some(starting.server.clone())));
+            let mut registry = metrics.registry(Some(starting.server.clone()));
+            if let Some(audit) = &audit {
+                crate::metrics::register_audit(&mut registry, audit.clone());
+            }
+            let registry = Arc::new(registry);
             let listening = tokio::spawn(async move {
                 if let Err(error) = crate::metrics::serve(registry, listener, std::future::pending()).await {
                     tracing::error!(%error, "the metrics listener stopped");
@@ -173,6 +204,7 @@ pub async fn serve_with_listeners(
     let outcome = serve_core(
         config,
         starting,
+        audit,
         transport,
         listeners.grpc,
         failed_calls,
@@ -180,6 +212,10 @@ pub async fn serve_with_listeners(
     )
     .await;
     attached.stop().await;
+    // After the last call: what the writer still holds is written.
+    if let Some(writer) = audit_writer {
+        writer.stop().await;
+    }
     outcome
 }
 
@@ -211,6 +247,7 @@ impl Drop for Attached {
 async fn serve_core(
     config: ServeConfig,
     starting: Starting,
+    audit: Option<Audit>,
     transport: grpc::Transport,
     listener: TcpListener,
     failed_calls: Option<Arc<dyn grpc::calls::FailedCalls>>,
@@ -273,6 +310,7 @@ async fn serve_core(
     };
     let transport = grpc::serve(
         server,
+        audit,
         transport,
         listener,
         grpc::Bounds {

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 /// Folders (under `src/`) of the layers below the transport.
-const LOWER_LAYERS: [&str; 7] = [
+const LOWER_LAYERS: [&str; 8] = [
+    "audit",
     "server",
     "engine",
     "imaging",

@@ -75,6 +75,7 @@ impl Loopback {
             max_batch,
             shutdown_grace: std::time::Duration::from_secs(5),
             security: Default::default(),
+            audit: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

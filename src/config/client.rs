@@ -1,4 +1,5 @@
-//! Flags of the client commands, `loupe recipe` and `loupe inspect`, and
+//! Flags of the client commands, `loupe recipe`, `loupe inspect` and
+//! `loupe results`, and
 //! the connection flags they share with `loupe bench --server`: TLS trust,
 //! a client certificate, a bearer token.
 
@@ -309,4 +310,87 @@ pub struct InspectArgs {
     /// text.
     #[arg(long, env = "LOUPE_JSON")]
     pub json: bool,
+}
+
+/// `loupe results ...`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// What to read from the audit trail.
+    #[command(subcommand)]
+    pub action: ResultsAction,
+}
+
+/// A verdict to filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictArg {
+    /// Passed parts.
+    Pass,
+    /// Failed parts.
+    Fail,
+}
+
+/// Audit-trail actions.
+#[derive(Debug, Subcommand)]
+pub enum ResultsAction {
+    /// Lists recorded verdicts, newest first.
+    List {
+        /// Only this recipe's.
+        #[arg(long, env = "LOUPE_RECIPE")]
+        recipe: Option<String>,
+        /// Only this verdict.
+        #[arg(long, env = "LOUPE_VERDICT", value_enum)]
+        verdict: Option<VerdictArg>,
+        /// Only those of the last DURATION: a number with s, m, h or d
+        /// (`30m`, `8h`, `7d`).
+        #[arg(long, env = "LOUPE_SINCE", value_name = "DURATION", value_parser = parse_ago)]
+        since: Option<std::time::Duration>,
+        /// Most results printed.
+        #[arg(long, env = "LOUPE_LIMIT", default_value_t = 20)]
+        limit: usize,
+        /// One JSON object a line (the API's fields).
+        #[arg(long, env = "LOUPE_JSON")]
+        json: bool,
+    },
+    /// Shows one result; with --save-images, writes its frame and overlay.
+    Show {
+        /// The result's id (from `loupe results list`).
+        id: String,
+        /// Write `ID.frame.png` and `ID.overlay.png` into this folder (when
+        /// the server kept them).
+        #[arg(long, env = "LOUPE_SAVE_IMAGES", value_name = "DIR")]
+        save_images: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long, env = "LOUPE_JSON")]
+        json: bool,
+    },
+    /// Prints each new result as it is recorded, until interrupted.
+    Watch {
+        /// Only this recipe's.
+        #[arg(long, env = "LOUPE_RECIPE")]
+        recipe: Option<String>,
+        /// One JSON object a line.
+        #[arg(long, env = "LOUPE_JSON")]
+        json: bool,
+    },
+}
+
+/// A duration such as `90s`, `30m`, `8h` or `7d`.
+pub fn parse_ago(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("expected a duration such as 90s, 30m, 8h or 7d, got `{text}`");
+    let (number, unit) = text.split_at(text.len().checked_sub(1).ok_or_else(bad)?);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(bad)
 }

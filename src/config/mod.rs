@@ -1,6 +1,6 @@
 //! Command-line flags (each with a `LOUPE_*` environment variable) and the
 //! validated configuration they resolve into, one file per command: `serve`,
-//! the client commands (`recipe`, `inspect`), `bench`, and the engine and
+//! the client commands (`recipe`, `inspect`, `results`), `bench`, and the engine and
 //! recipe-settings flags they share; `tls.rs` reads the PEM files the TLS
 //! flags name and `access.rs` the `--auth-tokens` file.
 
@@ -17,11 +17,13 @@ use clap::{Parser, Subcommand};
 pub use access::{MIN_TOKEN_CHARS, Role, TokenFileError, Tokens};
 pub use bench::{BenchArgs, FormatArg};
 pub use client::{
-    ClientConfig, ClientTls, CredentialArgs, InspectArgs, RecipeAction, RecipeArgs, ServerArgs, Token,
+    ClientConfig, ClientTls, CredentialArgs, InspectArgs, RecipeAction, RecipeArgs, ResultsAction,
+    ResultsArgs, ServerArgs, Token, VerdictArg, parse_ago,
 };
 pub use engine::{EngineArgs, EngineConfig};
 pub use serve::{
-    DEFAULT_MAX_BATCH, Limits, MetricsListen, Security, ServeArgs, ServeConfig, ServerTls, is_loopback,
+    ByteSize, DEFAULT_MAX_BATCH, Limits, MetricsListen, Security, ServeArgs, ServeConfig, ServerTls, Switch,
+    is_loopback,
 };
 pub use settings::SettingsArgs;
 pub use tls::{Identity, PemFile};
@@ -65,6 +67,9 @@ pub enum Command {
     /// Exits 0 when every part passed, 1 when any failed, 2 when a file
     /// could not be inspected (or on any other error).
     Inspect(InspectArgs),
+    /// Reads the audit trail of a running server: recorded verdicts, one
+    /// result with its images, or new results live.
+    Results(ResultsArgs),
     /// Benchmarks a recipe on a folder of images (MVTec AD layout or golden
     /// pairs): AUROC, F1, false-reject and escape rates, pixel AUROC, AUPRO,
     /// defect recall, latency; a summary on stdout and, with --out, report
@@ -117,6 +122,32 @@ mod tests {
             unreachable!("parsed `serve`");
         };
         serve.resolve().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn audit_flags_resolve_into_the_audit_config() {
+        let audit = serve(&[]).unwrap().audit.expect("on by default");
+        assert_eq!(audit.queue, 1024);
+        assert_eq!(audit.retain_bytes, 10 << 30);
+        assert_eq!(audit.retain.as_secs(), 90 * 86_400);
+        let audit = serve(&[
+            "--retain-bytes",
+            "500MiB",
+            "--retain-days",
+            "7",
+            "--audit-pass-sample",
+            "1",
+        ])
+        .unwrap()
+        .audit
+        .unwrap();
+        assert_eq!(
+            (audit.retain_bytes, audit.retain.as_secs(), audit.pass_sample),
+            (500 << 20, 7 * 86_400, 1.0)
+        );
+        assert!(serve(&["--audit", "off"]).unwrap().audit.is_none());
+        let error = serve(&["--audit-pass-sample", "2"]).unwrap_err();
+        assert!(error.contains("--audit-pass-sample"), "{error}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use clap::Args;
 use super::access::Tokens;
 use super::tls::{self, Identity, PemFile};
 use super::{ConfigError, EngineArgs, EngineConfig, at_least};
+use crate::audit::AuditConfig;
 
 /// Flags of `loupe serve`.
 #[derive(Debug, Clone, Args)]
@@ -138,12 +139,49 @@ pub struct ServeArgs {
 
     /// Bearer tokens and their roles, one `ROLE TOKEN` a line (`#` comment
     /// lines and blank lines allowed). `operator` may call Inspect,
-    /// InspectStream, GetRecipe and ListRecipes; `engineer` may call
+    /// InspectStream, GetRecipe, ListRecipes and the Results calls;
+    /// `engineer` may call
     /// everything. Clients send `authorization: Bearer TOKEN`.
     /// grpc.health.v1 and reflection stay open without a token. Without
     /// this flag no token is checked.
     #[arg(long, env = "LOUPE_AUTH_TOKENS", value_name = "FILE")]
     pub auth_tokens: Option<PathBuf>,
+
+    /// Record every verdict and recipe change in the audit trail
+    /// (`DATA_DIR/audit/`), readable through the Results service and
+    /// `loupe results`.
+    #[arg(long, env = "LOUPE_AUDIT", default_value = "on", value_name = "on|off")]
+    pub audit: Switch,
+
+    /// Events held for the audit writer before later ones are dropped (and
+    /// counted in loupe_audit_records_dropped_total).
+    #[arg(long, env = "LOUPE_AUDIT_QUEUE", default_value_t = 1024, value_name = "N")]
+    pub audit_queue: usize,
+
+    /// Share of PASS verdicts whose frame and overlay are kept, 0 to 1:
+    /// every k-th, k = 1 / the share (every FAIL's are kept).
+    #[arg(
+        long,
+        env = "LOUPE_AUDIT_PASS_SAMPLE",
+        default_value_t = 0.01,
+        value_name = "F"
+    )]
+    pub audit_pass_sample: f64,
+
+    /// Days the audit trail keeps a result (and its files).
+    #[arg(long, env = "LOUPE_RETAIN_DAYS", default_value_t = 90, value_name = "D")]
+    pub retain_days: u32,
+
+    /// Most bytes of frame and overlay files the audit trail keeps; past it
+    /// the oldest files are removed first (their results stay). A number
+    /// of bytes, or with a suffix: KiB, MiB, GiB, TiB (or KB, MB, GB, TB).
+    #[arg(
+        long,
+        env = "LOUPE_RETAIN_BYTES",
+        default_value = "10GiB",
+        value_name = "BYTES"
+    )]
+    pub retain_bytes: ByteSize,
 
     /// Serve plaintext gRPC on a non-loopback --listen address anyway
     /// (without TLS such an address is refused); logged as a warning.
@@ -166,6 +204,53 @@ impl std::str::FromStr for MetricsListen {
         text.parse()
             .map(|addr| Self(Some(addr)))
             .map_err(|_| format!("expected an address such as 127.0.0.1:9464, or `none`; got `{text}`"))
+    }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch(pub bool);
+
+impl std::str::FromStr for Switch {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" => Ok(Self(true)),
+            "off" | "false" | "no" => Ok(Self(false)),
+            _ => Err(format!("expected `on` or `off`, got `{text}`")),
+        }
+    }
+}
+
+/// A number of bytes, with an optional unit suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            _ => return Err(format!("expected bytes such as 500MiB or 10GiB, got `{text}`")),
+        };
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("expected bytes such as 500MiB or 10GiB, got `{text}`"))?;
+        number
+            .checked_mul(1 << shift)
+            .map(Self)
+            .ok_or_else(|| format!("`{text}` is more bytes than fit in 64 bits"))
     }
 }
 
@@ -242,6 +327,8 @@ pub struct ServeConfig {
     pub shutdown_grace: std::time::Duration,
     /// TLS and tokens for the gRPC listener.
     pub security: Security,
+    /// The audit trail; `None` keeps none.
+    pub audit: Option<AuditConfig>,
 }
 
 /// How the gRPC listener is protected; the transport applies it.
@@ -377,7 +464,29 @@ impl ServeArgs {
             max_batch: self.max_batch,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             security: self.security()?,
+            audit: self.audit()?,
         })
+    }
+
+    fn audit(&self) -> Result<Option<AuditConfig>, ConfigError> {
+        if !self.audit.0 {
+            return Ok(None);
+        }
+        at_least("audit-queue", self.audit_queue as u64, 1)?;
+        at_least("retain-days", u64::from(self.retain_days), 1)?;
+        if !(0.0..=1.0).contains(&self.audit_pass_sample) {
+            return Err(ConfigError {
+                flag: "audit-pass-sample",
+                reason: format!("must be between 0 and 1, got {}", self.audit_pass_sample),
+            });
+        }
+        Ok(Some(AuditConfig {
+            queue: self.audit_queue,
+            pass_sample: self.audit_pass_sample,
+            retain: std::time::Duration::from_secs(u64::from(self.retain_days) * 86_400),
+            retain_bytes: self.retain_bytes.0,
+            stall: None,
+        }))
     }
 
     fn security(&self) -> Result<Security, ConfigError> {
@@ -441,4 +550,28 @@ fn read_tokens(path: &Path) -> Result<Tokens, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| refuse(format!("cannot read {}: {error}", path.display())))?;
     Tokens::parse(&text).map_err(|error| refuse(format!("{}: {error}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_take_binary_suffixes_and_refuse_the_rest() {
+        let parse = |text: &str| text.parse::<ByteSize>().map(|size| size.0);
+        assert_eq!(parse("1234"), Ok(1234));
+        assert_eq!(parse("500MiB"), Ok(500 << 20));
+        assert_eq!(parse("10GiB"), Ok(10 << 30));
+        assert_eq!(parse("2 gb"), Ok(2 << 30));
+        assert!(parse("10 parsecs").unwrap_err().contains("500MiB"));
+        assert!(parse("-1").is_err());
+        assert!(parse("99999999999TiB").unwrap_err().contains("64 bits"));
+    }
+
+    #[test]
+    fn switches_are_on_or_off() {
+        assert_eq!("on".parse::<Switch>(), Ok(Switch(true)));
+        assert_eq!("OFF".parse::<Switch>(), Ok(Switch(false)));
+        assert!("maybe".parse::<Switch>().is_err());
+    }
 }

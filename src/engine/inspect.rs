@@ -424,6 +424,34 @@ fn outline_in_heatmap(region: &Region, roi: Roi, width: usize, height: usize) ->
     }
 }
 
+/// The heatmap of `map` blended over the ROI of `image` at the ROI's size,
+/// as PNG: what the audit trail keeps of a judged frame.
+pub fn overlay_png(
+    image: &Image,
+    map: &AnomalyMap,
+    geometry: &Geometry,
+    threshold: f32,
+) -> Result<HeatmapImage, EngineError> {
+    let plain = Marked {
+        marks: Marks::default(),
+        regions: &[],
+        stamp: Stamp {
+            failed: false,
+            score: 0.0,
+            threshold,
+        },
+    };
+    render(
+        image,
+        map,
+        geometry,
+        threshold,
+        HeatmapFormat::OverlayPng,
+        0,
+        &plain,
+    )
+}
+
 /// Renders the map as the requested heatmap, sized to the ROI or to
 /// `max_size` on its longer side, with the marks asked for on PNGs.
 fn render(

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use enroll::{EnrollError, Enrollment, Features};
-pub use inspect::{HeatmapFormat, HeatmapImage, InspectOptions, Inspection, Marks, Region, Timings, Verdict};
+pub use inspect::{
+    HeatmapFormat, HeatmapImage, InspectOptions, Inspection, Marks, Region, Timings, Verdict, overlay_png,
+};
 pub use settings::{InputSize, MatchMode, RecipeSettings, Setting, SettingsUpdate};
 
 use crate::imaging::{self, DecodeLimits, FrameData, Geometry, Image, ImagingError, Normalize, Preprocessor};

@@ -3,7 +3,7 @@
 //!
 //! The method path decides the role a call needs, deny by default: health
 //! and reflection are open; the calls a line operator makes (inspecting,
-//! reading recipes) need `operator`; every other path, including a Loupe
+//! reading recipes and results) need `operator`; every other path, including a Loupe
 //! RPC added later and not listed here, needs `engineer`. A call without a
 //! known token gets UNAUTHENTICATED, a token of too low a role
 //! PERMISSION_DENIED, both with the role the call needs.
@@ -29,13 +29,16 @@ pub const OPEN_SERVICES: [&str; 3] = [
 
 /// The methods (`service/Method`) an `operator` token may call; the rest
 /// need `engineer`.
-pub const OPERATOR_METHODS: [&str; 5] = [
+pub const OPERATOR_METHODS: [&str; 8] = [
     "loupe.v1.Inspection/Inspect",
     "loupe.v1.Inspection/InspectStream",
     "loupe.v1.Recipes/GetRecipe",
     "loupe.v1.Recipes/ListRecipes",
     // Reads a recipe, as GetRecipe does, whole.
     "loupe.v1.Recipes/ExportRecipe",
+    "loupe.v1.Results/ListResults",
+    "loupe.v1.Results/GetResult",
+    "loupe.v1.Results/WatchResults",
 ];
 
 /// What a call to a method path needs.

@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 
 /// Every method served (`package.Service/Method`); a call to anything else
 /// is counted as [`UNKNOWN_METHOD`], so clients cannot add label values.
-pub const METHODS: [&str; 14] = [
+pub const METHODS: [&str; 17] = [
     "loupe.v1.Inspection/Inspect",
     "loupe.v1.Inspection/InspectStream",
     "loupe.v1.Recipes/CreateRecipe",
@@ -31,6 +31,9 @@ pub const METHODS: [&str; 14] = [
     "loupe.v1.Recipes/DeleteRecipe",
     "loupe.v1.Recipes/ExportRecipe",
     "loupe.v1.Recipes/ImportRecipe",
+    "loupe.v1.Results/ListResults",
+    "loupe.v1.Results/GetResult",
+    "loupe.v1.Results/WatchResults",
     "grpc.health.v1.Health/Check",
     "grpc.health.v1.Health/Watch",
     "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

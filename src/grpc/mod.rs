@@ -1,5 +1,6 @@
 //! The gRPC transport: `loupe.v1.Inspection` and `loupe.v1.Recipes` over the
-//! server core, grpc.health.v1 and reflection. It converts proto messages to
+//! server core, `loupe.v1.Results` over the audit trail, grpc.health.v1 and
+//! reflection. It converts proto messages to
 //! core types and back ([`crate::proto::convert`]) and core errors to
 //! `Status` (in `status.rs`, one exhaustive `From`). It also owns how the
 //! service is reached: TLS here, the token check for every call in
@@ -15,6 +16,7 @@ pub mod connections;
 mod inspection;
 pub mod receive;
 mod recipes;
+mod results;
 mod status;
 
 use std::future::Future;
@@ -26,13 +28,16 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::audit::Audit;
 use crate::config::{Security, ServerTls, Tokens};
 use crate::proto::inspection_server::InspectionServer;
 use crate::proto::recipes_server::RecipesServer;
+use crate::proto::results_server::ResultsServer;
 use crate::server::Server;
 
 use inspection::InspectionService;
 use recipes::RecipesService;
+use results::ResultsService;
 pub use status::code_name;
 
 /// HTTP/2 flow-control window per stream, bytes: several full frames.
@@ -67,7 +72,7 @@ pub struct Bounds {
 pub const FRAME_INDEX_METADATA: &str = "loupe-frame-index";
 
 /// Names whose health is reported: overall ("") and each Loupe service.
-pub const HEALTH_SERVICES: [&str; 3] = ["", "loupe.v1.Inspection", "loupe.v1.Recipes"];
+pub const HEALTH_SERVICES: [&str; 4] = ["", "loupe.v1.Inspection", "loupe.v1.Recipes", "loupe.v1.Results"];
 
 /// Longest a client may take over its TLS handshake: a connection that
 /// stalls there must not hold the server's resources.
@@ -171,9 +176,12 @@ impl Transport {
 /// until `serving` completes (the core is ready), SERVING after, and
 /// NOT_SERVING again once `stop` has; a `SERVING` log line with the address
 /// follows the turn to SERVING. Failed calls are counted into
-/// `failed_calls` when given.
+/// `failed_calls` when given. `Results` reads `audit` (without one, its
+/// calls get FAILED_PRECONDITION).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     server: Arc<Server>,
+    audit: Option<Audit>,
     transport: Transport,
     listener: TcpListener,
     bounds: Bounds,
@@ -213,6 +221,9 @@ pub async fn serve(
     let recipes = RecipesServer::new(RecipesService::new(server))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
+    let results = ResultsServer::new(ResultsService::new(audit))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
 
     // Small answers must not wait for delayed ACKs: tonic sets TCP_NODELAY
     // only on listeners it binds itself.
@@ -241,6 +252,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(inspection)
         .add_service(recipes)
+        .add_service(results)
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     Ok(())

@@ -40,6 +40,8 @@ pub fn log(event: &Event) {
     match event {
         Event::Recipe(change) => recipe_changed(change),
         Event::Inspection(inspection) => inspected(inspection),
+        // The drift watch logs its own state changes, where it decides them.
+        Event::Drift(_) => {}
     }
 }
 

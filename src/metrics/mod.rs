@@ -6,8 +6,11 @@
 //! the transport's layer ([`crate::grpc::calls`]), and the HTTP listener
 //! that serves them all on `GET /metrics` in the Prometheus text format.
 //!
+//! The audit trail's failed writes and dropped records are read from it
+//! at scrape time ([`register_audit`]).
+//!
 //! Left out for now because the core has nothing to report yet:
-//! audit-trail writes; failed enrollments (the events carry only the
+//! failed enrollments (the events carry only the
 //! recipe changes that happened).
 
 use std::future::Future;
@@ -29,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
+use crate::audit::Audit;
 use crate::engine::Verdict;
 use crate::grpc::calls::FailedCalls;
 use crate::server::{DriftState, Event, InspectionEvent, RecipeChange, RecipeEvent, Server, Subscription};
@@ -363,6 +367,35 @@ fn encode_drift(server: &Server, encoder: &mut DescriptorEncoder) -> Result<(), 
         ConstGauge::new(f64::from(stats.share_above_p95)).encode(family.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// Adds the audit trail's counts to `registry`: read at each scrape.
+pub fn register_audit(registry: &mut Registry, audit: Audit) {
+    registry.register_collector(Box::new(AuditCounts(audit)));
+}
+
+/// What is read from the audit trail at each scrape.
+#[derive(Debug)]
+struct AuditCounts(Audit);
+
+impl Collector for AuditCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let failed = ConstCounter::new(self.0.writes_failed());
+        failed.encode(encoder.encode_descriptor(
+            "audit_writes_failed",
+            "Audit-trail records and files that could not be written (the disk, say); the inspections were answered.",
+            None,
+            failed.metric_type(),
+        )?)?;
+        let dropped = ConstCounter::new(self.0.records_dropped());
+        dropped.encode(encoder.encode_descriptor(
+            "audit_records_dropped",
+            "Core events the audit writer lost because its queue (--audit-queue) was full.",
+            None,
+            dropped.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 /// Why the metrics listener could not start.

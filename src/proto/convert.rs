@@ -294,14 +294,6 @@ pub fn inspect_request_from_proto(
 
 /// The response for a judged frame.
 pub fn inspected_to_proto(inspected: Inspected) -> proto::InspectResponse {
-    let Timings {
-        decode,
-        queue,
-        preprocess,
-        inference,
-        postprocess,
-        total,
-    } = inspected.timings;
     proto::InspectResponse {
         frame_id: inspected.frame_id,
         verdict: verdict_to_proto(inspected.verdict) as i32,
@@ -316,16 +308,29 @@ pub fn inspected_to_proto(inspected: Inspected) -> proto::InspectResponse {
             media_type: h.media_type.to_owned(),
             scale: h.scale,
         }),
-        timings: Some(proto::Timings {
-            decode_us: micros(decode),
-            queue_us: micros(queue),
-            preprocess_us: micros(preprocess),
-            inference_us: micros(inference),
-            postprocess_us: micros(postprocess),
-            total_us: micros(total),
-        }),
+        timings: Some(timings_to_proto(inspected.timings)),
         recipe_revision: inspected.revision,
         error: None,
+    }
+}
+
+/// Where the time went, in the proto's microseconds.
+pub fn timings_to_proto(timings: Timings) -> proto::Timings {
+    let Timings {
+        decode,
+        queue,
+        preprocess,
+        inference,
+        postprocess,
+        total,
+    } = timings;
+    proto::Timings {
+        decode_us: micros(decode),
+        queue_us: micros(queue),
+        preprocess_us: micros(preprocess),
+        inference_us: micros(inference),
+        postprocess_us: micros(postprocess),
+        total_us: micros(total),
     }
 }
 
@@ -414,7 +419,8 @@ pub fn mode_to_proto(mode: MatchMode) -> proto::MatchMode {
     }
 }
 
-fn region_to_proto(region: &engine::Region) -> proto::DefectRegion {
+/// A defect region as the proto's.
+pub fn region_to_proto(region: &engine::Region) -> proto::DefectRegion {
     proto::DefectRegion {
         x: region.x,
         y: region.y,

@@ -1,9 +1,10 @@
 //! The wire types of the gRPC API, generated from `proto/loupe/v1/*.proto`
 //! by `build.rs`, and their conversions to and from Loupe's own types
-//! ([`convert`]), shared by the gRPC transport, the CLI and the benchmark's
+//! ([`convert`]; the audit trail's in [`results`]), shared by the gRPC transport, the CLI and the benchmark's
 //! client. The server core never sees these types.
 
 pub mod convert;
+pub mod results;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
 mod generated {

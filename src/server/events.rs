@@ -310,6 +310,12 @@ impl Subscription {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// The count behind [`Subscription::dropped`], to read after the
+    /// subscription has moved to the task that drains it.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
 }
 
 #[cfg(test)]

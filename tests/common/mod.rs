@@ -58,6 +58,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         max_batch: loupe::config::DEFAULT_MAX_BATCH,
         shutdown_grace: std::time::Duration::from_secs(5),
         security: Default::default(),
+        audit: None,
     }
 }
 
