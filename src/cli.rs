@@ -38,7 +38,7 @@ fn print_recipe(recipe: &proto::Recipe) {
         recipe.revision,
         recipe.reference_count,
         recipe.threshold,
-        threshold_source(&settings, recipe.calibration.is_some()),
+        settings.threshold_source(recipe.calibration.is_some()),
         settings.input_rule(),
         settings.match_mode
     );
@@ -47,16 +47,6 @@ fn print_recipe(recipe: &proto::Recipe) {
             "    DAMAGED: {}; delete it with `loupe recipe delete {}` and create it again",
             recipe.status_reason, recipe.name
         );
-    }
-}
-
-/// Where the threshold in force comes from.
-fn threshold_source(settings: &RecipeSettings, calibrated: bool) -> String {
-    match (settings.threshold, calibrated) {
-        (Some(_), _) => "fixed".into(),
-        (None, false) => "none yet: add good frames".into(),
-        (None, true) if settings.sensitivity == 1.0 => "calibrated".into(),
-        (None, true) => format!("calibrated, scaled by sensitivity {}", settings.sensitivity),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Loupe: visual quality inspection against a golden reference.
 //!
 //! Layers, arrows pointing down: transport ([`grpc`]; [`proto`] converts its
-//! messages; [`metrics`], the Prometheus listener fed by the core's events)
+//! messages; [`metrics`], the Prometheus listener fed by the core's events;
+//! [`console`], the read-only web console over the core and the trail)
 //! -> server core ([`server`]: admission, batching, worker, recipes,
 //! [`store`], events) -> [`engine`] (sync: enroll, judge; over
 //! [`imaging`], [`scoring`], [`mod@reference`]) -> [`model`] (a trait, ONNX
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod engine;
 pub mod failpoint;

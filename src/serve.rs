@@ -1,8 +1,9 @@
 //! `loupe serve`: the server core with its front ends. Builds the event bus,
 //! starts the core (recipes from the data folder, the model on the engine
-//! thread), and serves it over gRPC until shutdown. A new front end (an HTTP
-//! console, a metrics listener) or a subscriber to the core's events (the
-//! metrics, the audit trail) is attached here.
+//! thread), and serves it over gRPC until shutdown. The other front ends
+//! (the metrics listener, the web console) and the subscribers to the
+//! core's events (the metrics, the audit trail, the console's feed) are
+//! attached here.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::audit::{Audit, AuditError};
 use crate::config::ServeConfig;
+use crate::console::ConsoleError;
 use crate::engine::EngineError;
 use crate::grpc::{self, GrpcError};
 use crate::imaging::DecodeLimits;
@@ -40,6 +42,9 @@ pub enum ServeError {
     /// The audit trail could not be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The console listener could not start.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     /// The engine thread died while starting.
     #[error("the engine thread stopped unexpectedly")]
     Worker,
@@ -90,7 +95,8 @@ pub fn server_config(config: &ServeConfig) -> ServerConfig {
 }
 
 /// Runs the service on `listener` until `shutdown` completes, with the
-/// Prometheus metrics on `config.metrics_listen` when it is set.
+/// Prometheus metrics on `config.metrics_listen` and the web console on
+/// `config.console_listen` when they are set.
 ///
 /// Health reports NOT_SERVING until the model is loaded and warmed on the
 /// engine thread, then SERVING. A model that fails to load stops the server
@@ -118,9 +124,14 @@ pub async fn serve_with_events(
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    let console = match config.console_listen {
+        Some(addr) => Some(crate::console::bind(addr).await?),
+        None => None,
+    };
     let listeners = Listeners {
         grpc: listener,
         metrics,
+        console,
     };
     serve_with_listeners(config, runtime, listeners, events, shutdown).await
 }
@@ -133,6 +144,8 @@ pub struct Listeners {
     /// Prometheus metrics; `None` serves none (whatever
     /// `--metrics-listen` said).
     pub metrics: Option<TcpListener>,
+    /// The web console; `None` serves none.
+    pub console: Option<TcpListener>,
 }
 
 /// [`serve_with_events`] on sockets the caller bound.
@@ -162,8 +175,13 @@ pub async fn serve_with_listeners(
         events.subscribe(SubscribeOptions {
             capacity: audit.queue,
             images: true,
+            pass_images_every: audit.pass_images_every(),
         })
     });
+    // The console's counts start with the core.
+    let console = listeners
+        .console
+        .map(|listener| (events.subscribe(SubscribeOptions::default()), listener));
     let starting = Server::start(server_config(&config), runtime, events).await?;
     let (audit, audit_writer) = match (&config.audit, audit_subscription) {
         (Some(audit), Some(subscription)) => {
@@ -201,6 +219,18 @@ pub async fn serve_with_listeners(
         None => (None, Attached(Vec::new())),
     };
     attached.0.push(journal);
+    if let Some((subscription, listener)) = console {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "an unknown address".to_owned(), |addr| addr.to_string());
+        tracing::info!(%addr, "serving the console on http://{addr}/");
+        attached.0.extend(crate::console::spawn(
+            starting.server.clone(),
+            audit.clone(),
+            subscription,
+            listener,
+        ));
+    }
     let outcome = serve_core(
         config,
         starting,

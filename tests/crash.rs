@@ -44,7 +44,15 @@ impl Loupe {
         // Tests run servers side by side: none may take the default
         // metrics port.
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "none",
+                "--console-listen",
+                "none",
+            ])
             .args(["--threads", "1", "--data-dir"])
             .arg(data)
             .env_remove(loupe::failpoint::VAR)
@@ -364,6 +372,7 @@ async fn a_change_whose_caller_gave_up_lands_in_memory_and_on_disk_alike() {
     let mut changes = events.subscribe(SubscribeOptions {
         capacity: 64,
         images: false,
+        ..SubscribeOptions::default()
     });
     let server = common::TestServer::start_with_events(common::config(data.path()), events).await;
     let (mut recipes, mut inspection) = common::clients(&server).await;
@@ -485,6 +494,8 @@ async fn a_second_server_on_the_same_data_folder_exits_with_a_clear_message() {
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",
+            "none",
+            "--console-listen",
             "none",
             "--data-dir",
         ])

@@ -27,6 +27,7 @@ async fn a_subscriber_sees_every_inspection_of_a_stream_in_order_with_the_client
     let mut subscription = events.subscribe(SubscribeOptions {
         capacity: 64,
         images: true,
+        ..SubscribeOptions::default()
     });
     let server = TestServer::start_with_events(common::config(data.path()), events).await;
     server.wait_serving("loupe.v1.Inspection").await;
@@ -130,6 +131,7 @@ async fn a_stuck_subscriber_loses_counted_events_and_delays_nothing() {
     let stuck = events.subscribe(SubscribeOptions {
         capacity: 1,
         images: true,
+        ..SubscribeOptions::default()
     });
     let mut reader = events.subscribe(SubscribeOptions::default());
     let with_stuck = median_latency(&mut inspection, 9).await;

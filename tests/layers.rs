@@ -1,6 +1,7 @@
-//! The layers keep their arrows one way: nothing below the transport names
-//! tonic or the generated proto types, so a second front end or a model of
-//! another kind attaches without touching the core. Fails, naming the file
+//! The layers keep their arrows one way: nothing below the transports names
+//! tonic, the generated proto types, the HTTP front ends (axum, the console)
+//! or the gRPC layer, so another front end or a model of another kind
+//! attaches without touching the core. Fails, naming the file
 //! and line, when a lower layer reaches up.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,14 @@ const LOWER_LAYERS: [&str; 8] = [
 ];
 
 /// What the lower layers must not name.
-const FORBIDDEN: [&str; 3] = ["tonic", "crate::proto", "prost"];
+const FORBIDDEN: [&str; 6] = [
+    "tonic",
+    "crate::proto",
+    "prost",
+    "axum",
+    "crate::console",
+    "crate::grpc",
+];
 
 fn rust_files(folder: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(folder).unwrap() {

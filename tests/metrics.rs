@@ -7,22 +7,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, clients, enroll, raw, request, scratched, texture};
+use common::{TestServer, clients, enroll, http_get as get, raw, request, scratched, texture};
 use loupe::proto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A plain HTTP/1.1 GET: the status code, the headers and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let ask = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(ask.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
-}
 
 /// The value of the sample `series` (its name and labels as scraped).
 fn value(text: &str, series: &str) -> f64 {
@@ -160,7 +146,7 @@ async fn a_scrape_counts_inspections_verdicts_stages_changes_and_failed_calls_ex
     assert_eq!(status, 404);
     server.stop().await.unwrap();
     assert!(
-        TcpStream::connect(metrics).await.is_err(),
+        tokio::net::TcpStream::connect(metrics).await.is_err(),
         "the metrics listener outlived the server"
     );
 }

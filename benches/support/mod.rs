@@ -52,16 +52,54 @@ pub struct Loopback {
     pub channel: tonic::transport::Channel,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), loupe::serve::ServeError>>,
+    /// The scrapes and the console page of an operated server.
+    operator: Option<tokio::task::JoinHandle<()>>,
     _data: tempfile::TempDir,
 }
 
+/// What the people running a line do while it runs: Prometheus scrapes
+/// `/metrics` every second and a console page reads the live feed.
+async fn operate(metrics: std::net::SocketAddr, console: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let page = tokio::spawn(async move {
+        let mut feed = tokio::net::TcpStream::connect(console).await.unwrap();
+        let ask = format!("GET /api/feed HTTP/1.1\r\nHost: {console}\r\nAccept: text/event-stream\r\n\r\n");
+        feed.write_all(ask.as_bytes()).await.unwrap();
+        let mut buffer = vec![0u8; 64 << 10];
+        while feed.read(&mut buffer).await.is_ok_and(|read| read > 0) {}
+    });
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Ok(mut scrape) = tokio::net::TcpStream::connect(metrics).await else {
+            break;
+        };
+        let ask = format!("GET /metrics HTTP/1.1\r\nHost: {metrics}\r\nConnection: close\r\n\r\n");
+        if scrape.write_all(ask.as_bytes()).await.is_err() {
+            break;
+        }
+        let mut text = Vec::new();
+        let _ = scrape.read_to_end(&mut text).await;
+    }
+    page.abort();
+}
+
 impl Loopback {
-    /// Starts the server with the bundled model on 2 threads and `max_batch`.
+    /// Starts the server with the bundled model on 2 threads and `max_batch`,
+    /// with no metrics, audit trail or console.
     pub async fn start(runtime: &loupe::runtime::Runtime, max_batch: usize) -> Self {
+        Self::start_with(runtime, max_batch, false).await
+    }
+
+    /// [`Loopback::start`], and with `operated` as a line runs it: metrics,
+    /// the audit trail (default sample) and the console on, a scrape of
+    /// `/metrics` every second and a page reading the console's live feed.
+    pub async fn start_with(runtime: &loupe::runtime::Runtime, max_batch: usize, operated: bool) -> Self {
         let data = tempfile::tempdir().unwrap();
         let config = loupe::config::ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: None,
+            console_listen: None,
             data_dir: data.path().to_path_buf(),
             engine: loupe::config::EngineConfig {
                 onnxruntime: None,
@@ -75,15 +113,34 @@ impl Loopback {
             max_batch,
             shutdown_grace: std::time::Duration::from_secs(5),
             security: Default::default(),
-            audit: None,
+            audit: operated.then(loupe::audit::AuditConfig::default),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let listener = bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (metrics, console) = if operated {
+            (Some(bind().await.unwrap()), Some(bind().await.unwrap()))
+        } else {
+            (None, None)
+        };
+        let operator = match (&metrics, &console) {
+            (Some(metrics), Some(console)) => Some(tokio::spawn(operate(
+                metrics.local_addr().unwrap(),
+                console.local_addr().unwrap(),
+            ))),
+            _ => None,
+        };
+        let listeners = loupe::serve::Listeners {
+            grpc: listener,
+            metrics,
+            console,
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(loupe::serve::serve(
+        let server = tokio::spawn(loupe::serve::serve_with_listeners(
             config,
             runtime.clone(),
-            listener,
+            listeners,
+            loupe::server::Events::new(),
             async move {
                 let _ = stopped.await;
             },
@@ -99,12 +156,16 @@ impl Loopback {
             channel,
             stop,
             server,
+            operator,
             _data: data,
         }
     }
 
     /// Stops the server and waits for it.
     pub async fn stop(self) {
+        if let Some(operator) = &self.operator {
+            operator.abort();
+        }
         let _ = self.stop.send(());
         let _ = self.server.await;
     }

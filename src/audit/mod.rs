@@ -93,6 +93,17 @@ pub struct AuditConfig {
     pub stall: Option<Arc<Stall>>,
 }
 
+impl AuditConfig {
+    /// Every k-th PASS whose pictures are kept (0: none), from the share.
+    pub fn pass_images_every(&self) -> u64 {
+        if self.pass_sample > 0.0 {
+            (1.0 / self.pass_sample).round().max(1.0) as u64
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {

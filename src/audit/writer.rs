@@ -83,7 +83,6 @@ pub(super) fn spawn(parts: Parts) -> Result<AuditWriter, AuditError> {
     } = parts;
     let next_row = store.next_row()?;
     let (jobs, mut received) = mpsc::channel::<Job>(HANDOFF);
-    let pass_every = (config.pass_sample > 0.0).then(|| (1.0 / config.pass_sample).round().max(1.0) as u64);
     let mut writer = Writer {
         retention: Retention::new(config.retain, config.retain_bytes),
         stall: config.stall,
@@ -93,8 +92,6 @@ pub(super) fn spawn(parts: Parts) -> Result<AuditWriter, AuditError> {
         counters,
         feed,
         next_row,
-        pass_every,
-        passes: 0,
         last_log: None,
     };
     let thread = std::thread::Builder::new()
@@ -150,8 +147,6 @@ struct Writer {
     counters: Arc<Counters>,
     feed: broadcast::Sender<Arc<ResultRecord>>,
     next_row: i64,
-    pass_every: Option<u64>,
-    passes: u64,
     last_log: Option<Instant>,
 }
 
@@ -185,26 +180,16 @@ impl Writer {
         }
     }
 
-    /// Whether this verdict's pictures are kept: every FAIL, every k-th PASS.
-    fn sampled(&mut self, verdict: Verdict) -> bool {
-        match verdict {
-            Verdict::Fail => true,
-            Verdict::Pass => {
-                let index = self.passes;
-                self.passes += 1;
-                self.pass_every.is_some_and(|every| index.is_multiple_of(every))
-            }
-        }
-    }
-
     fn inspected(&mut self, event: &InspectionEvent) -> Result<(), AuditError> {
         let at_ms = unix_ms(event.at);
         let row = self.next_row;
         let id = format!("{at_ms}-{row}");
-        let (images, kept) = match (self.sampled(event.verdict), &event.images) {
-            (false, _) => (ImagesState::NotSampled, KeptFiles::default()),
-            (true, None) => (ImagesState::Unavailable, KeptFiles::default()),
-            (true, Some(pictures)) => match self.keep(at_ms, &id, pictures, event.threshold) {
+        // The bus samples: the event carries the pictures of every FAIL and
+        // of the PASSes in the sample (`AuditConfig::pass_images_every`).
+        let (images, kept) = match (event.verdict, &event.images) {
+            (Verdict::Pass, None) => (ImagesState::NotSampled, KeptFiles::default()),
+            (Verdict::Fail, None) => (ImagesState::Unavailable, KeptFiles::default()),
+            (_, Some(pictures)) => match self.keep(at_ms, &id, pictures, event.threshold) {
                 Ok(kept) => (ImagesState::Kept, kept),
                 Err(error) => {
                     self.failed(&error);

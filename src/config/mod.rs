@@ -22,7 +22,7 @@ pub use client::{
 };
 pub use engine::{EngineArgs, EngineConfig};
 pub use serve::{
-    ByteSize, DEFAULT_MAX_BATCH, Limits, MetricsListen, Security, ServeArgs, ServeConfig, ServerTls, Switch,
+    ByteSize, DEFAULT_MAX_BATCH, Limits, ListenOr, Security, ServeArgs, ServeConfig, ServerTls, Switch,
     is_loopback,
 };
 pub use settings::SettingsArgs;
@@ -362,6 +362,23 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
             warnings[0].starts_with("serving metrics on 0.0.0.0:9464"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn console_listen_defaults_to_loopback_and_none_turns_it_off() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.console_listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert!(config.exposure_warnings().is_empty());
+        assert_eq!(serve(&["--console-listen", "none"]).unwrap().console_listen, None);
+        let error = serve(&["--console-listen", "8080"]).unwrap_err();
+        assert!(error.contains("--console-listen"), "{error}");
+        let config = serve(&["--console-listen", "0.0.0.0:8080"]).unwrap();
+        let warnings = config.exposure_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("serving the console on 0.0.0.0:8080"),
             "{warnings:?}"
         );
     }

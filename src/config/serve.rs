@@ -29,7 +29,18 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:9464",
         value_name = "ADDR|none"
     )]
-    pub metrics_listen: MetricsListen,
+    pub metrics_listen: ListenOr,
+
+    /// Address to serve the read-only web console on (plain HTTP: recipes,
+    /// a live feed of verdicts, result pages, score charts), or `none` to
+    /// serve none.
+    #[arg(
+        long,
+        env = "LOUPE_CONSOLE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR|none"
+    )]
+    pub console_listen: ListenOr,
 
     /// Folder for recipes and references; created if missing.
     #[arg(
@@ -189,12 +200,12 @@ pub struct ServeArgs {
     pub insecure: bool,
 }
 
-/// Where `--metrics-listen` says to serve metrics: an address, or nowhere
-/// (`none`).
+/// Where `--metrics-listen` or `--console-listen` says to serve: an
+/// address, or nowhere (`none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsListen(pub Option<SocketAddr>);
+pub struct ListenOr(pub Option<SocketAddr>);
 
-impl std::str::FromStr for MetricsListen {
+impl std::str::FromStr for ListenOr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
@@ -315,6 +326,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Metrics listen address; `None` serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Console listen address; `None` serves no console.
+    pub console_listen: Option<SocketAddr>,
     /// Data folder.
     pub data_dir: PathBuf,
     /// Engine settings.
@@ -367,6 +380,12 @@ impl ServeConfig {
             warnings.push(format!(
                 "serving metrics on {metrics} over plain HTTP without tokens: anyone on the network can read \
                  recipe names and inspection counts"
+            ));
+        }
+        if let Some(console) = self.console_listen.filter(|addr| !is_loopback(addr)) {
+            warnings.push(format!(
+                "serving the console on {console} over plain HTTP without tokens: anyone on the network can see \
+                 recipes, verdicts and the kept frames"
             ));
         }
         warnings.extend(self.grpc_exposure_warning());
@@ -445,6 +464,7 @@ impl ServeArgs {
         Ok(ServeConfig {
             listen: self.listen,
             metrics_listen: self.metrics_listen.0,
+            console_listen: self.console_listen.0,
             data_dir: self.data_dir.clone(),
             engine: self.engine.resolve()?,
             limits: Limits {

@@ -147,6 +147,17 @@ impl RecipeSettings {
         (self.input_width, self.input_height) == (0, 0)
     }
 
+    /// Where the threshold in force comes from, in words: fixed, none yet,
+    /// calibrated, or calibrated and scaled by the sensitivity.
+    pub fn threshold_source(&self, calibrated: bool) -> String {
+        match (self.threshold, calibrated) {
+            (Some(_), _) => "fixed".into(),
+            (None, false) => "none yet: add good frames".into(),
+            (None, true) if self.sensitivity == 1.0 => "calibrated".into(),
+            (None, true) => format!("calibrated, scaled by sensitivity {}", self.sensitivity),
+        }
+    }
+
     /// How frames are sized for the model. A set size is used exactly, or
     /// as a pixel budget with `keep_aspect`. Unset, the mode chooses: global
     /// keeps each frame's aspect ratio at about 256 x 256 pixels (exactly

@@ -74,6 +74,10 @@ pub struct InspectionImages {
     pub map: Arc<AnomalyMap>,
     /// How the map lies on the frame.
     pub geometry: Geometry,
+    /// For a PASS, its place among the PASSes the bus was asked about
+    /// ([`Audience::pass`]), which each subscriber's sample reads; `None`
+    /// for a FAIL.
+    pub pass: Option<u64>,
 }
 
 /// A recipe change.
@@ -120,13 +124,16 @@ pub enum RecipeChange {
     },
 }
 
-/// Who listens to the bus ([`Events::audience`]).
+/// Who listens to the bus for one verdict ([`Events::audience`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Audience {
     /// Anybody who takes inspection events (not only recipe changes).
     pub any: bool,
-    /// A live subscriber that asked for frames and maps.
+    /// A live subscriber wants this verdict's frame and map.
     pub images: bool,
+    /// For a PASS, its place among the PASSes asked about, to put in
+    /// [`InspectionImages::pass`].
+    pub pass: Option<u64>,
 }
 
 /// What a subscriber wants.
@@ -134,10 +141,13 @@ pub struct Audience {
 pub struct SubscribeOptions {
     /// Events held before later ones are dropped.
     pub capacity: usize,
-    /// Whether inspection events should carry the frame and the anomaly map
-    /// (the frame's buffer is then kept for the subscriber instead of being
-    /// reused).
+    /// Whether inspection events should carry the frame and the anomaly map:
+    /// every FAIL's, and the PASSes' that `pass_images_every` samples (the
+    /// frame's buffer is then kept for the subscriber instead of being
+    /// reused, so a sample keeps the pool doing its work).
     pub images: bool,
+    /// With `images`, every k-th PASS carries them: 1 every PASS, 0 none.
+    pub pass_images_every: u64,
 }
 
 impl Default for SubscribeOptions {
@@ -145,13 +155,25 @@ impl Default for SubscribeOptions {
         Self {
             capacity: DEFAULT_CAPACITY,
             images: false,
+            pass_images_every: 1,
         }
+    }
+}
+
+impl SubscribeOptions {
+    /// Whether a verdict gets the pictures; `pass` is a PASS's place.
+    fn wants_images(&self, pass: Option<u64>) -> bool {
+        self.images
+            && match pass {
+                None => true,
+                Some(place) => self.pass_images_every > 0 && place.is_multiple_of(self.pass_images_every),
+            }
     }
 }
 
 struct Subscriber {
     queue: mpsc::Sender<Event>,
-    images: bool,
+    options: SubscribeOptions,
     /// Whether it takes inspection events, or only recipe changes.
     inspections: bool,
     dropped: Arc<AtomicU64>,
@@ -161,6 +183,8 @@ struct Subscriber {
 struct Bus {
     subscribers: Mutex<Vec<Subscriber>>,
     dropped: AtomicU64,
+    /// PASS verdicts the bus was asked about ([`Events::audience`]).
+    passes: AtomicU64,
 }
 
 /// The fan-out. Cloning shares it.
@@ -201,7 +225,7 @@ impl Events {
     pub fn subscribe_recipes(&self, capacity: usize) -> Subscription {
         let options = SubscribeOptions {
             capacity,
-            images: false,
+            ..SubscribeOptions::default()
         };
         self.add(options, false)
     }
@@ -211,23 +235,27 @@ impl Events {
         let dropped = Arc::new(AtomicU64::new(0));
         self.lock().push(Subscriber {
             queue,
-            images: options.images,
+            options,
             inspections,
             dropped: dropped.clone(),
         });
         Subscription { receiver, dropped }
     }
 
-    /// Who listens, in one look: whether anybody takes inspection events
-    /// (so that publishers can skip building them), and whether a live
-    /// subscriber asked for frames and maps.
-    pub fn audience(&self) -> Audience {
+    /// Who listens for a `verdict`, in one look: whether anybody takes
+    /// inspection events (so that publishers can skip building them), and
+    /// whether a live subscriber wants this verdict's frame and map (every
+    /// FAIL's, a sample of PASS: each PASS asked about takes the next place
+    /// in the count the samples read).
+    pub fn audience(&self, verdict: Verdict) -> Audience {
         let subscribers = self.lock();
+        let pass = (verdict == Verdict::Pass).then(|| self.bus.passes.fetch_add(1, Ordering::Relaxed));
         Audience {
             any: subscribers.iter().any(|subscriber| subscriber.inspections),
             images: subscribers
                 .iter()
-                .any(|subscriber| subscriber.images && !subscriber.queue.is_closed()),
+                .any(|subscriber| subscriber.options.wants_images(pass) && !subscriber.queue.is_closed()),
+            pass,
         }
     }
 
@@ -247,7 +275,12 @@ impl Events {
                 return !subscriber.queue.is_closed();
             }
             let event = match event {
-                Event::Inspection(inspection) if !subscriber.images && inspection.images.is_some() => {
+                Event::Inspection(inspection)
+                    if inspection
+                        .images
+                        .as_ref()
+                        .is_some_and(|images| !subscriber.options.wants_images(images.pass)) =>
+                {
                     without_images
                         .get_or_insert_with(|| Event::Inspection(Arc::new(inspection.without_images())))
                         .clone()
@@ -345,7 +378,7 @@ mod tests {
         let events = Events::new();
         let mut slow = events.subscribe(SubscribeOptions {
             capacity: 2,
-            images: false,
+            ..SubscribeOptions::default()
         });
         let mut fast = events.subscribe(SubscribeOptions::default());
         for n in 1..=5 {
@@ -370,25 +403,28 @@ mod tests {
         let subscription = events.subscribe(SubscribeOptions {
             capacity: 1,
             images: true,
+            pass_images_every: 1,
         });
         assert_eq!(
-            events.audience(),
+            events.audience(Verdict::Fail),
             Audience {
                 any: true,
-                images: true
+                images: true,
+                pass: None,
             }
         );
         drop(subscription);
         assert_eq!(
-            events.audience(),
+            events.audience(Verdict::Pass),
             Audience {
                 any: true,
-                images: false
+                images: false,
+                pass: Some(0),
             }
         );
         events.publish(&recipe_event(1));
         assert!(events.lock().is_empty());
-        assert!(!events.audience().any);
+        assert!(!events.audience(Verdict::Fail).any);
         assert_eq!(events.dropped(), 0);
     }
 
@@ -396,7 +432,7 @@ mod tests {
     fn a_recipe_subscriber_gets_no_inspections_and_does_not_ask_for_them() {
         let events = Events::new();
         let mut recipes = events.subscribe_recipes(4);
-        assert!(!events.audience().any, "nobody takes inspections");
+        assert!(!events.audience(Verdict::Pass).any, "nobody takes inspections");
         events.publish(&Event::Inspection(Arc::new(InspectionEvent {
             at: SystemTime::now(),
             recipe: "part".into(),
@@ -418,7 +454,7 @@ mod tests {
         assert_eq!(got, [1]);
         assert_eq!(recipes.dropped(), 0);
         let _all = events.subscribe(SubscribeOptions::default());
-        assert!(events.audience().any);
+        assert!(events.audience(Verdict::Pass).any);
         drop(recipes);
         events.publish(&recipe_event(2));
         assert_eq!(
@@ -426,5 +462,31 @@ mod tests {
             1,
             "the closed recipe subscriber is forgotten"
         );
+    }
+
+    #[test]
+    fn pictures_are_wanted_for_every_fail_and_a_sample_of_pass() {
+        let events = Events::new();
+        let _plain = events.subscribe(SubscribeOptions::default());
+        assert!(
+            !events.audience(Verdict::Fail).images,
+            "nobody asked for pictures"
+        );
+        let _sampled = events.subscribe(SubscribeOptions {
+            images: true,
+            pass_images_every: 3,
+            ..SubscribeOptions::default()
+        });
+        assert!(events.audience(Verdict::Fail).images);
+        let passes: Vec<bool> = (0..7).map(|_| events.audience(Verdict::Pass).images).collect();
+        // Places 0 to 6: the first PASS's, then every third.
+        assert_eq!(passes, [true, false, false, true, false, false, true]);
+        let no_pass = SubscribeOptions {
+            images: true,
+            pass_images_every: 0,
+            ..SubscribeOptions::default()
+        };
+        assert!(no_pass.wants_images(None));
+        assert!(!no_pass.wants_images(Some(0)));
     }
 }

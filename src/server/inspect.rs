@@ -398,7 +398,8 @@ impl Server {
     }
 
     /// Publishes a judged frame's event (with its pictures when a subscriber
-    /// asked for them; otherwise the frame's buffer goes back to the pool).
+    /// wants this verdict's: every FAIL's, a sample of PASS; otherwise the
+    /// frame's buffer goes back to the pool).
     fn publish(&self, judged: Judged) -> Inspected {
         let Judged {
             recipe,
@@ -414,12 +415,13 @@ impl Server {
         let drift = (inspected.verdict == Verdict::Pass)
             .then(|| self.drift.observe(&state, inspected.score))
             .flatten();
-        let audience = self.events.audience();
+        let audience = self.events.audience(inspected.verdict);
         let images = if audience.images {
             Some(InspectionImages {
                 frame: Arc::new(image),
                 map: Arc::new(inspection.map),
                 geometry: inspection.geometry,
+                pass: audience.pass,
             })
         } else {
             self.inspector.images.give(image);

@@ -45,6 +45,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
+        console_listen: None,
         data_dir: data_dir.to_path_buf(),
         engine: EngineConfig {
             onnxruntime: None,
@@ -62,11 +63,34 @@ pub fn config(data_dir: &Path) -> ServeConfig {
     }
 }
 
+/// A plain HTTP/1.1 GET: the status code, the headers and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ask = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(ask.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The front ends a test server opens besides gRPC, each on 127.0.0.1:0.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fronts {
+    pub metrics: bool,
+    pub console: bool,
+}
+
 /// A running server; dropping it without [`TestServer::stop`] aborts it.
 pub struct TestServer {
     pub addr: SocketAddr,
     /// Where its metrics are served, when asked for.
     pub metrics: Option<SocketAddr>,
+    /// Where its console is served, when asked for.
+    pub console: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), loupe::serve::ServeError>>>,
 }
@@ -94,19 +118,41 @@ impl TestServer {
         events: loupe::server::Events,
         metrics: bool,
     ) -> Self {
+        let fronts = Fronts {
+            metrics,
+            console: false,
+        };
+        Self::start_with_fronts(config, events, fronts).await
+    }
+
+    /// [`TestServer::start`] publishing on `events`, with the `fronts`.
+    pub async fn start_with_fronts(
+        config: ServeConfig,
+        events: loupe::server::Events,
+        fronts: Fronts,
+    ) -> Self {
         let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
         let listener = bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = if metrics {
-            Some(bind().await.unwrap())
-        } else {
-            None
-        };
+        let (metrics, console) = (
+            if fronts.metrics {
+                Some(bind().await.unwrap())
+            } else {
+                None
+            },
+            if fronts.console {
+                Some(bind().await.unwrap())
+            } else {
+                None
+            },
+        );
         let metrics_addr = metrics.as_ref().map(|listener| listener.local_addr().unwrap());
+        let console_addr = console.as_ref().map(|listener| listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let listeners = loupe::serve::Listeners {
             grpc: listener,
             metrics,
+            console,
         };
         let task = tokio::spawn(loupe::serve::serve_with_listeners(
             config,
@@ -120,6 +166,7 @@ impl TestServer {
         Self {
             addr,
             metrics: metrics_addr,
+            console: console_addr,
             stop: Some(stop_tx),
             task: Some(task),
         }

@@ -14,12 +14,20 @@ use tokio::sync::mpsc;
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
 /// `BINARY serve` on 127.0.0.1:0 with its data in `data`, no metrics
-/// listener, one model thread, and none of the caller's `LOUPE_*` log or
+/// listener or console, one model thread, and none of the caller's `LOUPE_*` log or
 /// runtime variables.
 pub fn serve(binary: &Path, data: &Path) -> Command {
     let mut command = Command::new(binary);
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "none",
+            "--console-listen",
+            "none",
+        ])
         .args(["--threads", "1", "--data-dir"])
         .arg(data);
     for var in [
