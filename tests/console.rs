@@ -145,6 +145,20 @@ impl FeedReader {
         }
     }
 
+    /// Reads until the answer's status line is in; its code.
+    async fn status(&mut self) -> u16 {
+        let mut buffer = [0u8; 1024];
+        while !self.text.contains("\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut buffer))
+                .await
+                .expect("no answer for 30 s")
+                .unwrap();
+            assert!(read > 0, "closed: {}", self.text);
+            self.text.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+        self.text.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
     /// Reads until the feed has sent `count` results; their data, in order.
     async fn results(&mut self, count: usize) -> Vec<Value> {
         let mut buffer = [0u8; 8192];
@@ -310,7 +324,9 @@ async fn without_the_audit_trail_the_console_has_recipes_and_the_feed_but_no_res
         Verdict::Fail as i32
     );
     recipe_counted(console, 0, 1).await;
-    let item = &FeedReader::open(console, None).await.results(1).await[0];
+    let mut first = FeedReader::open(console, None).await;
+    let items = first.results(1).await;
+    let item = &items[0];
     assert_eq!(item["frame_id"], "scratch-0");
     assert!(item["id"].is_null(), "no trail, no id: {item}");
     let (status, error) = json(console, "/api/results").await;
@@ -319,6 +335,18 @@ async fn without_the_audit_trail_the_console_has_recipes_and_the_feed_but_no_res
         error["error"].as_str().unwrap().contains("--audit off"),
         "{error}"
     );
+    // Open pages are capped: with the page above still open, the one past
+    // the cap is told so.
+    let mut pages = vec![first];
+    for _ in 0..loupe::console::MAX_LIVE_PAGES - 1 {
+        let mut page = FeedReader::open(console, None).await;
+        assert_eq!(page.status().await, 200);
+        pages.push(page);
+    }
+    let (status, error) = json(console, "/api/feed").await;
+    assert_eq!(status, 503);
+    assert!(error["error"].as_str().unwrap().contains("close one"), "{error}");
+    drop(pages);
     server.stop().await.unwrap();
 }
 

@@ -40,6 +40,13 @@ impl From<Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// 503 with `message`.
+    pub(super) fn unavailable(message: String) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         #[derive(Serialize)]
@@ -59,8 +66,7 @@ pub(super) async fn not_found() -> ApiError {
 
 fn trail(console: &Console) -> Result<&Audit, ApiError> {
     console.audit.as_ref().ok_or_else(|| {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::unavailable(
             "the audit trail is off on this server (--audit off): no results are recorded".to_owned(),
         )
     })

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 
 use super::Console;
+use super::api::ApiError;
 use crate::audit::{Audit, ImagesState, ResultRecord, unix_ms};
 use crate::engine::Verdict;
 use crate::server::{Event, InspectionEvent, RecipeChange, Subscription};
@@ -76,6 +77,7 @@ struct Kept {
 pub(super) struct Feed {
     kept: Arc<Mutex<Kept>>,
     items: broadcast::Sender<Arc<FeedItem>>,
+    pages: Arc<tokio::sync::Semaphore>,
 }
 
 impl Feed {
@@ -174,6 +176,7 @@ pub(super) fn start(mut subscription: Subscription, audit: Option<&Audit>) -> (F
     let feed = Feed {
         kept: Arc::default(),
         items,
+        pages: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_PAGES)),
     };
     let mut records = audit.map(Audit::watch);
     let filling = feed.clone();
@@ -211,12 +214,22 @@ pub(super) fn start(mut subscription: Subscription, audit: Option<&Audit>) -> (F
     (feed, task)
 }
 
+/// Live pages served at once; past it a page is told to come back later,
+/// so that open pages cannot pile up without bound.
+pub const MAX_LIVE_PAGES: usize = 64;
+
 /// `GET /api/feed`: the newest verdicts the page has not seen, then each new
-/// one, as `result` events whose data is a [`FeedItem`].
+/// one, as `result` events whose data is a [`FeedItem`]; 503 past
+/// [`MAX_LIVE_PAGES`].
 pub(super) async fn events(
     State(console): State<Console>,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Ok(permit) = console.feed.pages.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(format!(
+            "{MAX_LIVE_PAGES} console pages are following the live feed already; close one"
+        )));
+    };
     let after = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -227,12 +240,14 @@ pub(super) async fn events(
     let later = tokio_stream::wrappers::BroadcastStream::new(later)
         .filter_map(Result::ok)
         .filter(move |item| item.seq > last_missed);
-    let stream = tokio_stream::iter(missed).chain(later).map(|item| {
+    let stream = tokio_stream::iter(missed).chain(later).map(move |item| {
+        // Held as long as the page follows the feed.
+        let _page = &permit;
         let data = serde_json::to_string(&*item).unwrap_or_else(|_| "{}".to_owned());
         Ok(SseEvent::default()
             .event("result")
             .id(item.seq.to_string())
             .data(data))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

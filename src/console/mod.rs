@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::audit::Audit;
 use crate::server::{Server, Subscription};
 
-pub use feed::{FEED_CAPACITY, FeedItem};
+pub use feed::{FEED_CAPACITY, FeedItem, MAX_LIVE_PAGES};
 
 /// Why the console could not start.
 #[derive(Debug, thiserror::Error)]
