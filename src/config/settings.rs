@@ -37,7 +37,7 @@ pub struct SettingsArgs {
 
     /// Global mode: the nearest-neighbour search, exact (every reference
     /// patch) or fast (candidates from a projection of the reference,
-    /// re-ranked exactly; never below the exact distance). Default exact.
+    /// re-ranked exactly; never below the exact distance). Default fast.
     #[arg(long, env = "LOUPE_SEARCH", value_name = "exact|fast")]
     pub search: Option<SearchMode>,
 

@@ -7,7 +7,12 @@
 //! work), keeping the `candidates` rows nearest in the projection. The
 //! re-rank takes them nearest first and stops as soon as the next one's
 //! projected distance reaches the best true distance found: a projected
-//! distance never exceeds the true one, so no row left can be nearer.
+//! distance never exceeds the true one, so no row left can be nearer. It
+//! also skips a candidate whose residual (the part outside the projection)
+//! is so much longer or shorter than the patch's that
+//! `|p(q) - p(b)|^2 + (|r(q)| - |r(b)|)^2`, another lower bound, reaches
+//! the best found (up to rounding, which a 1 % slack on the residual term
+//! covers).
 //!
 //! What it returns, per patch, is the true distance to one bank row, so it
 //! is never below the exact search's answer, and equals it whenever the
@@ -31,6 +36,9 @@ pub const DEFAULT_CANDIDATES: usize = 16;
 const BLOCK: usize = 512;
 /// Lanes of the scan for rows below a patch's worst candidate.
 const LANES: usize = 16;
+/// The share of the residual term the re-rank's skip test trusts: the
+/// residual lengths come from differences of squared norms in f32.
+const RESIDUAL_SLACK: f32 = 0.99;
 
 /// The shape of the fast search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +66,8 @@ pub struct FastIndex {
     rows: Vec<f32>,
     /// Their squared norms.
     norms: Vec<f32>,
+    /// The length of each row's residual (the part outside the projection).
+    residuals: Vec<f32>,
     candidates: usize,
 }
 
@@ -68,14 +78,20 @@ impl FastIndex {
         let projection = Projection::learn(features, channels, options.dims);
         let mut rows = Vec::new();
         projection.rows(features, &mut rows);
-        let norms = rows
+        let norms: Vec<f32> = rows
             .chunks_exact(projection.dims())
             .map(|r| r.iter().map(|v| v * v).sum())
+            .collect();
+        let residuals = features
+            .chunks_exact(channels)
+            .zip(&norms)
+            .map(|(row, kept)| (projection.centred_norm(row) - kept).max(0.0).sqrt())
             .collect();
         Self {
             projection,
             rows,
             norms,
+            residuals,
             candidates: options.candidates.max(1),
         }
     }
@@ -185,15 +201,23 @@ fn search_share(
         let indices = &mut part.indices[p * k..][..k];
         sort_candidates(values, indices);
         let patch = &part.patches[p * channels..][..channels];
+        let residual = (index.projection.centred_norm(patch) - query_norm)
+            .max(0.0)
+            .sqrt();
         let mut best = f32::INFINITY;
         for (&value, &row) in values.iter().zip(indices.iter()) {
             // The projected squared distance bounds this row's and every
             // later one's from below.
-            if query_norm + value >= best || row == u32::MAX {
+            let projected = query_norm + value;
+            if projected >= best || row == u32::MAX {
                 break;
             }
-            let row = &bank[row as usize * channels..][..channels];
-            best = best.min(squared_distance(patch, row));
+            let row = row as usize;
+            let apart = residual - index.residuals[row];
+            if projected + RESIDUAL_SLACK * apart * apart >= best {
+                continue;
+            }
+            best = best.min(squared_distance(patch, &bank[row * channels..][..channels]));
         }
         *out = best.sqrt();
     }
@@ -259,8 +283,8 @@ fn candidate_pass(
 
 /// Offers rows `first..` with values `products[j] + norms[j]` to one
 /// patch's candidates (`values`, `indices`, whose largest value is
-/// `worst`): a row below the worst replaces it. The scan tests a run of
-/// lanes at once and looks at single rows only in runs that hold one.
+/// `worst`): a row below the worst replaces it. The scan compares a run of
+/// lanes at once and offers only the rows below.
 fn keep_nearest(
     products: &[f32],
     norms: &[f32],
@@ -283,14 +307,15 @@ fn keep_nearest(
     let mut p = products.chunks_exact(LANES);
     let mut n = norms.chunks_exact(LANES);
     for (run, (p, n)) in (&mut p).zip(&mut n).enumerate() {
-        let mut hit = false;
+        let mut below = 0u32;
         for i in 0..LANES {
-            hit |= p[i] + n[i] < *worst;
+            below |= u32::from(p[i] + n[i] < *worst) << i;
         }
-        if hit {
-            for i in 0..LANES {
-                offer(run * LANES + i, p[i] + n[i], worst);
-            }
+        // Only the lanes below, lowest first (each offer may lower the worst).
+        while below != 0 {
+            let i = below.trailing_zeros() as usize;
+            below &= below - 1;
+            offer(run * LANES + i, p[i] + n[i], worst);
         }
     }
     let tail = products.len() - p.remainder().len();

@@ -148,6 +148,28 @@ impl Projection {
         (whole - kept).max(0.0).sqrt()
     }
 
+    /// `|row - mean|^2`: with the squared norm of the row's projection it
+    /// gives the residual's, `|r|^2 = |row - mean|^2 - |projected|^2`.
+    pub fn centred_norm(&self, row: &[f32]) -> f32 {
+        const WIDTH: usize = 8;
+        let mut lanes = [0.0f32; WIDTH];
+        let mut x = row.chunks_exact(WIDTH);
+        let mut m = self.mean.chunks_exact(WIDTH);
+        for (x, m) in (&mut x).zip(&mut m) {
+            for i in 0..WIDTH {
+                let d = x[i] - m[i];
+                lanes[i] += d * d;
+            }
+        }
+        let tail: f32 = x
+            .remainder()
+            .iter()
+            .zip(m.remainder())
+            .map(|(x, m)| (x - m) * (x - m))
+            .sum();
+        lanes.iter().sum::<f32>() + tail
+    }
+
     /// Projects `rows` (row-major, `channels` per row) into `out` (row-major,
     /// `dims` per row; resized to fit).
     pub fn rows(&self, rows: &[f32], out: &mut Vec<f32>) {

@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     /// Every patch against every bank row, in full precision.
-    #[default]
     Exact,
     /// Candidates from a principal-component projection of the bank,
     /// re-ranked in full precision: never below the exact distance, and
-    /// equal to it whenever the nearest row is among the candidates.
+    /// equal to it whenever the nearest row is among the candidates. The
+    /// default: on magnetic-tile its image and pixel AUROC were within
+    /// 0.001 of the exact search's.
+    #[default]
     Fast,
 }
 
