@@ -22,7 +22,7 @@ const ROWS: usize = 8192;
 /// The fast variants measured: the default first.
 const VARIANTS: [FastOptions; 4] = [
     FastOptions {
-        dims: 32,
+        dims: 48,
         candidates: 16,
     },
     FastOptions {
@@ -30,7 +30,7 @@ const VARIANTS: [FastOptions; 4] = [
         candidates: 16,
     },
     FastOptions {
-        dims: 48,
+        dims: 32,
         candidates: 16,
     },
     FastOptions {
