@@ -543,6 +543,32 @@ mod tests {
     }
 
     #[test]
+    fn the_search_converts_both_ways_and_updates_alone() {
+        for search in SearchMode::ALL {
+            let engine = RecipeSettings {
+                search,
+                ..RecipeSettings::default()
+            };
+            assert_eq!(
+                settings_from_proto(Some(settings_to_proto(&engine))).unwrap(),
+                engine
+            );
+        }
+        let exact = proto::RecipeSettings {
+            search: proto::SearchMode::Exact as i32,
+            ..Default::default()
+        };
+        let update = settings_update_from_proto(Some(exact), None).unwrap();
+        assert_eq!(update.settings, [Setting::Search]);
+        assert_eq!(update.apply(&RecipeSettings::default()).search, SearchMode::Exact);
+        let bad = proto::RecipeSettings {
+            search: 7,
+            ..Default::default()
+        };
+        assert!(settings_from_proto(Some(bad)).unwrap_err().0.contains("search"));
+    }
+
+    #[test]
     fn unknown_enum_values_are_invalid() {
         let bad = proto::RecipeSettings {
             match_mode: 42,
