@@ -150,6 +150,7 @@ impl Projection {
 
     /// `|row - mean|^2`: with the squared norm of the row's projection it
     /// gives the residual's, `|r|^2 = |row - mean|^2 - |projected|^2`.
+    #[inline(always)]
     pub fn centred_norm(&self, row: &[f32]) -> f32 {
         const WIDTH: usize = 8;
         let mut lanes = [0.0f32; WIDTH];

@@ -175,8 +175,48 @@ pub(crate) fn nearest_fast(
     });
 }
 
-/// The fast search of patches `range` of `query`, on the calling thread.
+/// The fast search of patches `range` of `query`, on the calling thread:
+/// compiled for AVX2 as well, and run so where the CPU has it (the scan
+/// and the re-rank are Loupe's own loops; the products dispatch on their
+/// own in matrixmultiply).
 fn search_share(
+    query: &[f32],
+    patches: usize,
+    range: std::ops::Range<usize>,
+    bank: &[f32],
+    index: &FastIndex,
+    part: &mut FastPart,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { search_share_avx2(query, patches, range, bank, index, part, out) };
+    }
+    search_share_inline(query, patches, range, bank, index, part, out)
+}
+
+/// [`search_share`] with AVX2 enabled.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn search_share_avx2(
+    query: &[f32],
+    patches: usize,
+    range: std::ops::Range<usize>,
+    bank: &[f32],
+    index: &FastIndex,
+    part: &mut FastPart,
+    out: &mut [f32],
+) {
+    search_share_inline(query, patches, range, bank, index, part, out)
+}
+
+/// The body of [`search_share`], inlined into each of its builds.
+#[inline(always)]
+fn search_share_inline(
     query: &[f32],
     patches: usize,
     range: std::ops::Range<usize>,
@@ -230,6 +270,7 @@ fn search_share(
 /// Fills `part.values` and `part.indices` with the `candidates` bank rows
 /// nearest each patch of `range` in the projection (unsorted; a patch with
 /// fewer rows than that gets index `u32::MAX` at infinity for the rest).
+#[inline(always)]
 fn candidate_pass(
     query: &[f32],
     patches: usize,
@@ -289,6 +330,7 @@ fn candidate_pass(
 /// patch's candidates (`values`, `indices`, whose largest value is
 /// `worst`): a row below the worst replaces it. The scan compares a run of
 /// lanes at once and offers only the rows below.
+#[inline(always)]
 fn keep_nearest(
     products: &[f32],
     norms: &[f32],
@@ -330,6 +372,7 @@ fn keep_nearest(
 
 /// Sorts one patch's candidates by value, nearest first (insertion sort:
 /// a handful of them).
+#[inline(always)]
 fn sort_candidates(values: &mut [f32], indices: &mut [u32]) {
     for i in 1..values.len() {
         let mut j = i;
@@ -342,6 +385,7 @@ fn sort_candidates(values: &mut [f32], indices: &mut [u32]) {
 }
 
 /// ||a - b||^2 with independent lanes, so the compiler vectorises it.
+#[inline(always)]
 fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     const WIDTH: usize = 8;
     let mut lanes = [0.0f32; WIDTH];
