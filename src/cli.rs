@@ -68,6 +68,7 @@ fn show_recipe(recipe: &proto::Recipe) {
         ("keep_aspect", s.keep_aspect.to_string()),
         ("neighborhood", s.neighborhood.to_string()),
         ("reference_size", s.reference_size.to_string()),
+        ("search", s.search.to_string()),
         ("min_region_area", s.min_region_area.to_string()),
         ("roi", roi),
         ("mask", mask),

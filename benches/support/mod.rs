@@ -183,3 +183,48 @@ pub fn raw_frame(rgb: &[u8]) -> loupe::proto::Frame {
         })),
     }
 }
+
+/// Feature-like rows (`channels` per row): ReLU of 48 latent factors with
+/// decaying scales mixed into the channels, around 40 centres, plus a
+/// little noise; rows made with the same `seed` share the mixing and the
+/// centres, `draw` picks which rows. The search bench's stand-in for real
+/// patch features (uniform values have no structure to project).
+pub fn clustered(rows: usize, channels: usize, seed: u64, draw: u64) -> Vec<f32> {
+    const LATENT: usize = 48;
+    const CLUSTERS: usize = 40;
+    let gaussian = |n: usize, seed: u64| -> Vec<f32> {
+        uniform(4 * n, seed)
+            .chunks_exact(4)
+            .map(|u| (u.iter().sum::<f32>() - 2.0) * 3f32.sqrt())
+            .collect()
+    };
+    let mixing = gaussian(LATENT * channels, seed);
+    let centres = gaussian(CLUSTERS * LATENT, seed + 1);
+    let picks = uniform(rows, seed + 2 + draw);
+    let spread = gaussian(rows * LATENT, seed + 3 + draw);
+    let noise = gaussian(rows * channels, seed + 4 + draw);
+    let mut out = vec![0.0; rows * channels];
+    for r in 0..rows {
+        let cluster = ((picks[r] * CLUSTERS as f32) as usize).min(CLUSTERS - 1);
+        let row = &mut out[r * channels..][..channels];
+        for l in 0..LATENT {
+            let scale = 1.0 / (1.0 + l as f32 / 4.0);
+            let factor = scale * (centres[cluster * LATENT + l] + 0.35 * spread[r * LATENT + l]);
+            for (v, m) in row.iter_mut().zip(&mixing[l * channels..][..channels]) {
+                *v += factor * m;
+            }
+        }
+        for (v, n) in row.iter_mut().zip(&noise[r * channels..][..channels]) {
+            *v = v.max(0.0) + 0.05 * n;
+        }
+    }
+    out
+}
+
+/// Row-major rows (`channels` each) as the model writes them: planar.
+pub fn planar(rows: &[f32], channels: usize) -> Vec<f32> {
+    let count = rows.len() / channels;
+    (0..channels)
+        .flat_map(|c| (0..count).map(move |p| rows[p * channels + c]))
+        .collect()
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::ConfigError;
-use crate::engine::{MatchMode, RecipeSettings, Setting, SettingsUpdate};
+use crate::engine::{MatchMode, RecipeSettings, SearchMode, Setting, SettingsUpdate};
 use crate::imaging::Roi;
 
 /// Recipe settings as flags (unset flags keep the defaults, or with
@@ -34,6 +34,12 @@ pub struct SettingsArgs {
     /// Global mode: coreset size, in reference patches (default 8192).
     #[arg(long, env = "LOUPE_REFERENCE_SIZE", value_name = "N")]
     pub reference_size: Option<u32>,
+
+    /// Global mode: the nearest-neighbour search, exact (every reference
+    /// patch) or fast (candidates from a projection of the reference,
+    /// re-ranked exactly; never below the exact distance). Default fast.
+    #[arg(long, env = "LOUPE_SEARCH", value_name = "exact|fast")]
+    pub search: Option<SearchMode>,
 
     /// Global mode: give each frame an input of its own aspect ratio with
     /// about --input-size pixels, instead of stretching it to that size.
@@ -202,6 +208,9 @@ impl SettingsArgs {
         }
         if let Some(v) = self.reference_size {
             set(Setting::ReferenceSize, &|s| s.reference_size = v);
+        }
+        if let Some(v) = self.search {
+            set(Setting::Search, &|s| s.search = v);
         }
         if self.keep_aspect || self.no_keep_aspect {
             let keep = self.keep_aspect;

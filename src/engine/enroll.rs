@@ -35,7 +35,7 @@ use crate::scoring::nearest::{Bank, Grid};
 use crate::scoring::threshold;
 use crate::scoring::variation::{self, Comparison, VariationModel};
 
-use super::settings::{InputSize, MatchMode, RecipeSettings};
+use super::settings::{InputSize, MatchMode, RecipeSettings, SearchMode};
 use super::{Engine, EngineError, MatchView};
 
 /// Most folds of out-of-fold calibration (fewer images: one per image).
@@ -248,12 +248,13 @@ impl Engine {
                 let coreset = coreset_rows(images.iter(), settings.reference_size as usize);
                 let bank_rows: Arc<[f32]> = coreset.rows.into();
                 let scores = if images.len() == 1 {
-                    let bank = Bank::new(bank_rows.clone(), grid.channels);
+                    let bank = Bank::with_search(bank_rows.clone(), grid.channels, settings.search);
                     let view = MatchView::Global(&bank);
                     let pairs = self.perturbation_scores(first, view, mask.as_deref(), None)?;
                     pairs.into_iter().map(|(feature, _)| feature).collect()
                 } else {
-                    self.out_of_fold_global(images, &bank_rows, &coreset.sources, mask.as_deref())
+                    let bank = (&bank_rows[..], &coreset.sources[..]);
+                    self.out_of_fold_global(images, bank, settings.search, mask.as_deref())
                 };
                 (MatchMode::Global, bank_rows, scores, None)
             }
@@ -351,13 +352,14 @@ impl Engine {
         scores
     }
 
-    /// Global: each fold's images against the coreset without the rows that
-    /// came from the fold.
+    /// Global: each fold's images against the coreset (`rows` and the
+    /// image each came from) without the rows that came from the fold,
+    /// searched with `search`.
     fn out_of_fold_global(
         &mut self,
         images: &[Features],
-        rows: &[f32],
-        sources: &[usize],
+        (rows, sources): (&[f32], &[usize]),
+        search: SearchMode,
         mask: Option<&[f32]>,
     ) -> Vec<f32> {
         let channels = images[0].grid.channels;
@@ -373,9 +375,9 @@ impl Engine {
             // images are then scored against the whole coreset rather than
             // against nothing (which would score them infinitely far).
             let bank = if kept.is_empty() {
-                Bank::new(rows.to_vec(), channels)
+                Bank::with_search(rows.to_vec(), channels, search)
             } else {
-                Bank::new(kept, channels)
+                Bank::with_search(kept, channels, search)
             };
             for image in &images[fold] {
                 scores.push(self.image_score(image, MatchView::Global(&bank), mask));

@@ -14,7 +14,7 @@ pub use enroll::{EnrollError, Enrollment, Features};
 pub use inspect::{
     HeatmapFormat, HeatmapImage, InspectOptions, Inspection, Marks, Region, Timings, Verdict, overlay_png,
 };
-pub use settings::{InputSize, MatchMode, RecipeSettings, Setting, SettingsUpdate};
+pub use settings::{InputSize, MatchMode, RecipeSettings, SearchMode, Setting, SettingsUpdate};
 
 use crate::imaging::{self, DecodeLimits, FrameData, Geometry, Image, ImagingError, Normalize, Preprocessor};
 use crate::model::{FeatureExtractor, ModelError};
@@ -106,7 +106,11 @@ impl Judge {
     ) -> Result<Self, EngineError> {
         let channels = reference.channels as usize;
         let matcher = match settings.match_mode {
-            MatchMode::Global => Matcher::Global(Bank::new(reference.features.clone(), channels)),
+            MatchMode::Global => Matcher::Global(Bank::with_search(
+                reference.features.clone(),
+                channels,
+                settings.search,
+            )),
             MatchMode::Aligned => Matcher::Aligned,
         };
         if settings.match_mode != reference.mode {

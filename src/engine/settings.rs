@@ -7,6 +7,7 @@ use crate::imaging::{Channels, DecodeLimits, FrameData, Image, Roi, decode};
 pub use crate::reference::MatchMode;
 use crate::scoring::drift::DriftLimits;
 use crate::scoring::map::resize_f32;
+pub use crate::scoring::search::SearchMode;
 use crate::scoring::threshold::{
     DEFAULT_TARGET_FALSE_REJECT_RATE, MAX_TARGET_FALSE_REJECT_RATE, MIN_TARGET_FALSE_REJECT_RATE,
 };
@@ -74,6 +75,8 @@ pub struct RecipeSettings {
     pub mask_png: Vec<u8>,
     /// Global only: coreset size (reference patches kept).
     pub reference_size: u32,
+    /// Global only: how each patch's nearest reference patch is found.
+    pub search: SearchMode,
     /// Drift watch: recent PASS scores the statistics are taken over (see
     /// [`crate::scoring::drift`]).
     pub drift_window: u32,
@@ -105,6 +108,7 @@ impl Default for RecipeSettings {
             roi: None,
             mask_png: Vec::new(),
             reference_size: DEFAULT_REFERENCE_SIZE,
+            search: SearchMode::default(),
             drift_window: drift.window,
             drift_watch_shift: drift.watch_shift,
             drift_limit_shift: drift.limit_shift,
@@ -271,11 +275,12 @@ impl RecipeSettings {
 
     /// Whether a change from `self` to `other` invalidates the reference
     /// features (so they must be computed again from the good frames).
-    /// The stored calibration scores were computed with the mask and, in
-    /// the aligned mode, the neighbourhood: a change of either needs them
-    /// computed again too.
+    /// The stored calibration scores were computed with the mask, in the
+    /// aligned mode the neighbourhood, and in the global mode the search: a
+    /// change of any needs them computed again too.
     pub fn reference_changes(&self, other: &Self) -> bool {
         let aligned_radius = |s: &Self| (s.match_mode == MatchMode::Aligned).then_some(s.neighborhood);
+        let global_search = |s: &Self| (s.match_mode == MatchMode::Global).then_some(s.search);
         (self.input_rule(), self.match_mode, self.roi, self.reference_size)
             != (
                 other.input_rule(),
@@ -285,6 +290,7 @@ impl RecipeSettings {
             )
             || self.mask_png != other.mask_png
             || aligned_radius(self) != aligned_radius(other)
+            || global_search(self) != global_search(other)
     }
 
     /// The settings that differ between `self` and `other`, in
@@ -317,6 +323,7 @@ impl RecipeSettings {
             Setting::Roi => self.roi = from.roi,
             Setting::Mask => self.mask_png.clone_from(&from.mask_png),
             Setting::ReferenceSize => self.reference_size = from.reference_size,
+            Setting::Search => self.search = from.search,
             Setting::DriftWindow => self.drift_window = from.drift_window,
             Setting::DriftWatchShift => self.drift_watch_shift = from.drift_watch_shift,
             Setting::DriftLimitShift => self.drift_limit_shift = from.drift_limit_shift,
@@ -352,6 +359,8 @@ pub enum Setting {
     Mask,
     /// `reference_size`.
     ReferenceSize,
+    /// `search`.
+    Search,
     /// `drift_window`.
     DriftWindow,
     /// `drift_watch_shift`.
@@ -366,7 +375,7 @@ pub enum Setting {
 
 impl Setting {
     /// Every setting.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::InputSize,
         Self::KeepAspect,
         Self::MatchMode,
@@ -378,6 +387,7 @@ impl Setting {
         Self::Roi,
         Self::Mask,
         Self::ReferenceSize,
+        Self::Search,
         Self::DriftWindow,
         Self::DriftWatchShift,
         Self::DriftLimitShift,
@@ -400,6 +410,7 @@ impl Setting {
             Self::Roi => &["roi"],
             Self::Mask => &["mask_png"],
             Self::ReferenceSize => &["reference_size"],
+            Self::Search => &["search"],
             Self::DriftWindow => &["drift_window"],
             Self::DriftWatchShift => &["drift_watch_shift"],
             Self::DriftLimitShift => &["drift_limit_shift"],
@@ -593,6 +604,16 @@ mod tests {
             s.neighborhood = 3;
         });
         assert!(aligned.reference_changes(&aligned_wider));
+        let fast = with(|s| s.search = SearchMode::Fast);
+        assert!(global.reference_changes(&fast), "calibrated with the search");
+        let aligned_fast = with(|s| {
+            s.match_mode = MatchMode::Aligned;
+            s.search = SearchMode::Fast;
+        });
+        assert!(
+            !aligned.reference_changes(&aligned_fast),
+            "aligned has no global search"
+        );
         let drift = with(|s| {
             s.drift_window = 50;
             s.drift_limit_share = 0.3;

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::engine::{
-    self, HeatmapFormat, InspectOptions, Marks, MatchMode, RecipeSettings, Setting, SettingsUpdate, Verdict,
+    self, HeatmapFormat, InspectOptions, Marks, MatchMode, RecipeSettings, SearchMode, Setting,
+    SettingsUpdate, Verdict,
 };
 use crate::imaging::{OwnedFrame, PixelFormat, Roi};
 use crate::proto;
@@ -32,6 +33,12 @@ pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<Re
         Ok(proto::MatchMode::Unspecified | proto::MatchMode::Global) => MatchMode::Global,
         Ok(proto::MatchMode::Aligned) => MatchMode::Aligned,
         Err(_) => return Err(invalid(format!("unknown match_mode {}", p.match_mode))),
+    };
+    let search = match proto::SearchMode::try_from(p.search) {
+        Ok(proto::SearchMode::Unspecified) => defaults.search,
+        Ok(proto::SearchMode::Exact) => SearchMode::Exact,
+        Ok(proto::SearchMode::Fast) => SearchMode::Fast,
+        Err(_) => return Err(invalid(format!("unknown search {}", p.search))),
     };
     let or = |value: u32, default: u32| if value == 0 { default } else { value };
     // Both sides unset: the mode chooses; one side set: the other is 256.
@@ -65,6 +72,7 @@ pub fn settings_from_proto(settings: Option<proto::RecipeSettings>) -> Result<Re
         }),
         mask_png: p.mask_png.to_vec(),
         reference_size: or(p.reference_size, defaults.reference_size),
+        search,
         drift_window: or(p.drift_window, defaults.drift_window),
         drift_watch_shift: or_f32(p.drift_watch_shift, defaults.drift_watch_shift),
         drift_limit_shift: or_f32(p.drift_limit_shift, defaults.drift_limit_shift),
@@ -138,6 +146,7 @@ fn set_settings(p: &proto::RecipeSettings) -> Vec<Setting> {
             Setting::Roi => p.roi.is_some(),
             Setting::Mask => !p.mask_png.is_empty(),
             Setting::ReferenceSize => p.reference_size != 0,
+            Setting::Search => p.search != 0,
             Setting::DriftWindow => p.drift_window != 0,
             Setting::DriftWatchShift => p.drift_watch_shift != 0.0,
             Setting::DriftLimitShift => p.drift_limit_shift != 0.0,
@@ -165,6 +174,7 @@ pub fn settings_to_proto(settings: &RecipeSettings) -> proto::RecipeSettings {
         }),
         mask_png: settings.mask_png.clone().into(),
         reference_size: settings.reference_size,
+        search: search_to_proto(settings.search) as i32,
         keep_aspect: settings.keep_aspect,
         target_false_reject_rate: settings.target_false_reject_rate,
         drift_window: settings.drift_window,
@@ -411,6 +421,14 @@ pub fn pixel_format(value: i32) -> Result<PixelFormat, ConvertError> {
     }
 }
 
+/// The proto form of a search.
+pub fn search_to_proto(search: SearchMode) -> proto::SearchMode {
+    match search {
+        SearchMode::Exact => proto::SearchMode::Exact,
+        SearchMode::Fast => proto::SearchMode::Fast,
+    }
+}
+
 /// The proto form of a matching mode.
 pub fn mode_to_proto(mode: MatchMode) -> proto::MatchMode {
     match mode {
@@ -522,6 +540,32 @@ mod tests {
             settings_from_proto(Some(settings_to_proto(&applied))).unwrap(),
             applied
         );
+    }
+
+    #[test]
+    fn the_search_converts_both_ways_and_updates_alone() {
+        for search in SearchMode::ALL {
+            let engine = RecipeSettings {
+                search,
+                ..RecipeSettings::default()
+            };
+            assert_eq!(
+                settings_from_proto(Some(settings_to_proto(&engine))).unwrap(),
+                engine
+            );
+        }
+        let exact = proto::RecipeSettings {
+            search: proto::SearchMode::Exact as i32,
+            ..Default::default()
+        };
+        let update = settings_update_from_proto(Some(exact), None).unwrap();
+        assert_eq!(update.settings, [Setting::Search]);
+        assert_eq!(update.apply(&RecipeSettings::default()).search, SearchMode::Exact);
+        let bad = proto::RecipeSettings {
+            search: 7,
+            ..Default::default()
+        };
+        assert!(settings_from_proto(Some(bad)).unwrap_err().0.contains("search"));
     }
 
     #[test]

@@ -4,9 +4,12 @@
 
 pub mod annotate;
 pub mod drift;
+pub mod fast;
 pub mod heatmap;
 pub mod map;
 pub mod nearest;
+pub mod projection;
 pub mod regions;
+pub mod search;
 pub mod threshold;
 pub mod variation;
