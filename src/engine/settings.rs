@@ -604,14 +604,15 @@ mod tests {
             s.neighborhood = 3;
         });
         assert!(aligned.reference_changes(&aligned_wider));
-        let fast = with(|s| s.search = SearchMode::Fast);
-        assert!(global.reference_changes(&fast), "calibrated with the search");
-        let aligned_fast = with(|s| {
+        // The default is fast.
+        let exact = with(|s| s.search = SearchMode::Exact);
+        assert!(global.reference_changes(&exact), "calibrated with the search");
+        let aligned_exact = with(|s| {
             s.match_mode = MatchMode::Aligned;
-            s.search = SearchMode::Fast;
+            s.search = SearchMode::Exact;
         });
         assert!(
-            !aligned.reference_changes(&aligned_fast),
+            !aligned.reference_changes(&aligned_exact),
             "aligned has no global search"
         );
         let drift = with(|s| {
