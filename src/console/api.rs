@@ -234,10 +234,7 @@ fn result_view(record: &ResultRecord) -> ResultView {
         recipe: record.recipe.clone(),
         revision: record.revision,
         frame_id: record.frame_id.clone(),
-        verdict: match record.verdict {
-            Verdict::Pass => "PASS",
-            Verdict::Fail => "FAIL",
-        },
+        verdict: super::feed::verdict_text(record.verdict),
         score: record.score,
         threshold: record.threshold,
         regions: record.regions.iter().map(region_view).collect(),

@@ -130,7 +130,8 @@ impl Feed {
     }
 }
 
-fn verdict_text(verdict: Verdict) -> &'static str {
+/// `PASS` or `FAIL`, as the page shows it.
+pub(super) fn verdict_text(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Pass => "PASS",
         Verdict::Fail => "FAIL",
