@@ -1,8 +1,8 @@
 //! A golden pair at the default settings: a generated circuit board and a
 //! copy of it moved by a fraction of a pixel, with drawn defects (a short, an
 //! open, a spur of copper, a pin-hole). Every defect fails the part with one
-//! region of its own, and nothing else is reported; a clean moved copy
-//! passes.
+//! region of its own, and nothing else is reported (nothing smaller than a
+//! feature cell, unless asked); a clean moved copy passes.
 
 mod common;
 
@@ -115,6 +115,11 @@ fn a_golden_pair_at_the_defaults_finds_every_defect_with_one_region_each() {
         (WIDTH as u32, HEIGHT as u32)
     );
     assert!(reference.pixels.is_some());
+    let every_region = RecipeSettings {
+        min_region_area: 1,
+        ..settings.clone()
+    };
+    let every_region = Judge::new(every_region, reference.clone(), DecodeLimits::default()).unwrap();
     let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
     let options = InspectOptions::default();
 
@@ -163,4 +168,8 @@ fn a_golden_pair_at_the_defaults_finds_every_defect_with_one_region_each() {
         "one region per defect and no other: {:?}",
         result.regions
     );
+    // Unset, the smallest region is one 8 x 8 feature cell at the frame's
+    // own size; a set area is used as it is.
+    assert_eq!(judge.min_region_area(&result.geometry), 64);
+    assert_eq!(every_region.min_region_area(&result.geometry), 1);
 }

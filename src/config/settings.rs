@@ -51,7 +51,8 @@ pub struct SettingsArgs {
     #[arg(long, env = "LOUPE_NO_KEEP_ASPECT", overrides_with = "keep_aspect")]
     pub no_keep_aspect: bool,
 
-    /// Smallest reported region, in frame pixels.
+    /// Smallest reported region, in frame pixels (0: the mode chooses; global
+    /// reports every region, aligned none smaller than one feature cell).
     #[arg(long, env = "LOUPE_MIN_REGION_AREA", value_name = "PIXELS")]
     pub min_region_area: Option<u32>,
 

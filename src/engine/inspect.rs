@@ -350,7 +350,7 @@ fn judgement(
     } else {
         Verdict::Pass
     };
-    let regions = frame_regions(&map, threshold, &geometry, judge.settings().min_region_area);
+    let regions = frame_regions(&map, threshold, &geometry, judge.min_region_area(&geometry));
     let heatmap = match options.heatmap {
         Some((format, max_size)) => {
             let marks = Marked {

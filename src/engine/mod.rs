@@ -178,6 +178,22 @@ impl Judge {
         self.threshold
     }
 
+    /// The smallest region reported, in frame pixels: the setting, or where
+    /// it is 0 in the aligned mode, one feature cell. A pixel-level
+    /// difference smaller than a cell with nothing of the feature map
+    /// around it is not reported as a defect of its own (the map cannot
+    /// place anything finer than a cell); set 1 to report every region.
+    pub fn min_region_area(&self, geometry: &Geometry) -> u32 {
+        let reference = &self.reference;
+        match (self.settings.min_region_area, self.settings.match_mode) {
+            (0, MatchMode::Aligned) if reference.grid_width > 0 => {
+                let stride = f64::from(reference.input_width / reference.grid_width);
+                (stride * stride * geometry.scale_x() * geometry.scale_y()).round() as u32
+            }
+            (area, _) => area,
+        }
+    }
+
     /// What the calibrated threshold rests on (the frames scored, the rule,
     /// the expected false-reject rate); `None` for a reference without
     /// calibration scores. With a fixed threshold in the settings it is

@@ -59,7 +59,9 @@ pub struct RecipeSettings {
     /// Aligned only: how far, in feature cells, a patch may be from the same
     /// place in the reference.
     pub neighborhood: u32,
-    /// Regions smaller than this many frame pixels are not reported.
+    /// Regions smaller than this many frame pixels are not reported; 0 lets
+    /// the mode choose (global: every region; aligned: one feature cell, see
+    /// [`super::Judge::min_region_area`]).
     pub min_region_area: u32,
     /// A fixed threshold on the anomaly score instead of the calibrated one.
     pub threshold: Option<f32>,
