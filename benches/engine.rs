@@ -10,14 +10,14 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, MatchMode, RecipeSettings};
+use loupe::engine::{Engine, InspectOptions, MatchMode, RecipeSettings};
 use loupe::imaging::{self, DecodeLimits, Image};
-use loupe::model::{self, Device, ModelConfig};
+use loupe::model;
 use loupe::runtime::{Lookup, load};
 use loupe::scoring::nearest::{
     Bank, Grid, SearchScratch, nearest_aligned, nearest_global, nearest_global_batch,
 };
-use support::{frame, part, uniform};
+use support::{bundled_model, frame, goods, taught, test_part, uniform};
 
 fn search(c: &mut Criterion) {
     let mut group = c.benchmark_group("search");
@@ -60,15 +60,10 @@ fn search(c: &mut Criterion) {
 
 fn whole_engine(c: &mut Criterion) {
     let runtime = load(&Lookup::from_process(None)).expect("run `make setup` first");
-    let config = ModelConfig {
-        path: None,
-        threads: 2,
-        device: Device::Cpu,
-    };
-    let model = model::load(&runtime, &config).unwrap().extractor;
+    let model = model::load(&runtime, &bundled_model()).unwrap().extractor;
     let mut engine = Engine::new(model, DecodeLimits::default());
-    let goods: Vec<Vec<u8>> = (0..20).map(|i| part(i + 1, i as f32 * 0.7)).collect();
-    let test = part(99, 0.3);
+    let goods = goods(20);
+    let test = test_part();
     let mut group = c.benchmark_group("engine_1024x1024_rgb8_at_256");
     group.sample_size(30);
     for (name, mode, count) in [
@@ -83,12 +78,7 @@ fn whole_engine(c: &mut Criterion) {
             input_height: 256,
             ..RecipeSettings::default()
         };
-        let mut enrollment = Enrollment::new();
-        for good in &goods[..count] {
-            enrollment.add(engine.extract(&settings, frame(good)).unwrap());
-        }
-        let reference = engine.build_reference(&settings, &enrollment).unwrap();
-        let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
+        let judge = taught(&mut engine, &settings, &goods[..count]);
         group.bench_function(name, |b| {
             b.iter(|| {
                 engine

@@ -20,15 +20,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use loupe::config::DEFAULT_MAX_BATCH;
-use loupe::engine::{Engine, Enrollment, InspectOptions, Judge, RecipeSettings};
+use loupe::engine::{Engine, InspectOptions, Judge, RecipeSettings};
 use loupe::imaging::DecodeLimits;
-use loupe::model::{self, Device, ModelConfig};
-use loupe::proto::inspection_client::InspectionClient;
-use loupe::proto::recipes_client::RecipesClient;
+use loupe::model;
 use loupe::proto::{self, AddReferencesRequest, CreateRecipeRequest, InspectRequest};
 use loupe::runtime::{Lookup, Runtime, load};
-use support::{FRAME, Loopback, frame, part, raw_frame};
-use tonic::transport::Channel;
+use support::{FRAME, Served, bundled_model, frame, goods, inspect_request, median, ms, taught, test_part};
 
 const GOODS: u64 = 20;
 /// Frames per side per round.
@@ -36,15 +33,6 @@ const RUNS: usize = 100;
 const ROUNDS: usize = 3;
 /// Frames a stream keeps in flight.
 const IN_FLIGHT: usize = 4;
-
-fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
-    samples.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    samples[samples.len() / 2]
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
-}
 
 /// The engine alone, in this process, judging the test frame.
 struct Direct {
@@ -56,13 +44,7 @@ impl Direct {
     fn new(runtime: &Runtime, goods: &[Vec<u8>]) -> Self {
         let model = model::load(runtime, &bundled_model()).unwrap().extractor;
         let mut engine = Engine::new(model, DecodeLimits::default());
-        let settings = RecipeSettings::default();
-        let mut enrollment = Enrollment::new();
-        for good in goods {
-            enrollment.add(engine.extract(&settings, frame(good)).unwrap());
-        }
-        let reference = engine.build_reference(&settings, &enrollment).unwrap();
-        let judge = Judge::new(settings, reference, DecodeLimits::default()).unwrap();
+        let judge = taught(&mut engine, &RecipeSettings::default(), goods);
         Self { engine, judge }
     }
 
@@ -82,15 +64,6 @@ impl Direct {
     }
 }
 
-/// The bundled model on 2 threads, on the CPU.
-fn bundled_model() -> ModelConfig {
-    ModelConfig {
-        path: None,
-        threads: 2,
-        device: Device::Cpu,
-    }
-}
-
 /// Good frames of the enrollment that runs beside inspections.
 const ENROLLED: usize = 700;
 
@@ -99,62 +72,8 @@ fn percentile(mut samples: Vec<Duration>, share: f64) -> Duration {
     samples[((samples.len() - 1) as f64 * share).round() as usize]
 }
 
-/// A server on loopback with a recipe taught the good frames.
-struct Served {
-    inspection: InspectionClient<Channel>,
-    recipes: RecipesClient<Channel>,
-    server: Loopback,
-}
-
+/// What the service bench asks of the server beyond [`Served::unary`].
 impl Served {
-    async fn start(runtime: &Runtime, goods: &[Vec<u8>], max_batch: usize) -> Self {
-        Self::start_with(runtime, goods, max_batch, false).await
-    }
-
-    /// [`Served::start`], operated ([`Loopback::start_with`]) or bare.
-    async fn start_with(runtime: &Runtime, goods: &[Vec<u8>], max_batch: usize, operated: bool) -> Self {
-        let server = Loopback::start_with(runtime, max_batch, operated).await;
-        let mut recipes = RecipesClient::new(server.channel.clone()).max_encoding_message_size(usize::MAX);
-        let inspection = InspectionClient::new(server.channel.clone()).max_encoding_message_size(usize::MAX);
-        recipes
-            .create_recipe(CreateRecipeRequest {
-                name: "bench".into(),
-                settings: None,
-            })
-            .await
-            .unwrap();
-        let messages: Vec<AddReferencesRequest> = goods
-            .iter()
-            .enumerate()
-            .map(|(i, good)| AddReferencesRequest {
-                recipe: if i == 0 { "bench".into() } else { String::new() },
-                frame: Some(raw_frame(good)),
-                replace: false,
-                name: String::new(),
-            })
-            .collect();
-        recipes
-            .add_references(tokio_stream::iter(messages))
-            .await
-            .unwrap();
-        Self {
-            inspection,
-            recipes,
-            server,
-        }
-    }
-
-    /// Client-side latency of `runs` unary calls.
-    async fn unary(&mut self, request: &InspectRequest, runs: usize) -> Vec<Duration> {
-        let mut samples = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let t = Instant::now();
-            self.inspection.inspect(request.clone()).await.unwrap();
-            samples.push(t.elapsed());
-        }
-        samples
-    }
-
     /// Frames per second through one stream that keeps `IN_FLIGHT` frames
     /// outstanding: the client sends the next frame only when fewer answers
     /// are due.
@@ -221,10 +140,6 @@ impl Served {
         enrollment.await.unwrap().unwrap();
         (samples, started.elapsed())
     }
-
-    async fn stop(self) {
-        self.server.stop().await;
-    }
 }
 
 fn main() {
@@ -235,14 +150,9 @@ fn main() {
         return;
     }
     let runtime = load(&Lookup::from_process(None)).expect("run `make setup` first");
-    let goods: Vec<Vec<u8>> = (0..GOODS).map(|i| part(i + 1, i as f32 * 0.7)).collect();
-    let test = part(99, 0.3);
-    let request = InspectRequest {
-        recipe: "bench".into(),
-        frame: Some(raw_frame(&test)),
-        frame_id: String::new(),
-        heatmap: None,
-    };
+    let goods = goods(GOODS);
+    let test = test_part();
+    let request = inspect_request("bench", &test);
 
     let mut direct = Direct::new(&runtime, &goods);
     direct.run(&test, 5);

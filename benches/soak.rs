@@ -19,7 +19,7 @@ use loupe::proto::{
     UpdateRecipeRequest,
 };
 use loupe::runtime::{Lookup, load};
-use support::{Loopback, part, raw_frame};
+use support::{Loopback, goods, raw_frame, test_part};
 use tonic::transport::Channel;
 
 const STREAMS: usize = 8;
@@ -138,8 +138,8 @@ fn main() {
         .unwrap_or(600);
     let (total, warm_up) = (Duration::from_secs(seconds), Duration::from_secs(seconds / 10));
     let runtime = load(&Lookup::from_process(None)).expect("run `make setup` first");
-    let goods: Vec<loupe::proto::Frame> = (0..10).map(|i| raw_frame(&part(i + 1, i as f32 * 0.7))).collect();
-    let test = raw_frame(&part(99, 0.3));
+    let goods: Vec<loupe::proto::Frame> = goods(10).iter().map(|good| raw_frame(good)).collect();
+    let test = raw_frame(&test_part());
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,8 +1,18 @@
-//! What the benches share: deterministic inputs (no `rand` dependency) and
-//! the 1024x1024 RGB8 test part. Each bench uses part of it.
+//! What the benches share: deterministic inputs (no `rand` dependency), the
+//! 1024x1024 RGB8 test parts, the bundled model's configuration, a taught
+//! engine, medians, and a server on loopback taught a recipe. Each bench
+//! uses part of it.
 #![allow(dead_code)]
 
-use loupe::imaging::{FrameData, PixelFormat, RawFrame};
+use std::time::{Duration, Instant};
+
+use loupe::engine::{Engine, Enrollment, Judge, RecipeSettings};
+use loupe::imaging::{DecodeLimits, FrameData, PixelFormat, RawFrame};
+use loupe::model::{Device, ModelConfig};
+use loupe::proto::inspection_client::InspectionClient;
+use loupe::proto::recipes_client::RecipesClient;
+use loupe::proto::{AddReferencesRequest, CreateRecipeRequest, InspectRequest};
+use tonic::transport::Channel;
 
 /// Side of the test frames.
 pub const FRAME: usize = 1024;
@@ -35,6 +45,17 @@ pub fn part(seed: u64, shift: f32) -> Vec<u8> {
     rgb
 }
 
+/// `count` good parts, each shifted 0.7 pixel further than the one before.
+pub fn goods(count: u64) -> Vec<Vec<u8>> {
+    (0..count).map(|i| part(i + 1, i as f32 * 0.7)).collect()
+}
+
+/// The part the benches judge: a texture of its own, shifted 0.3 pixel.
+pub fn test_part() -> Vec<u8> {
+    part(99, 0.3)
+}
+
+/// A raw RGB8 part as the engine takes it.
 pub fn frame(rgb: &[u8]) -> FrameData<'_> {
     FrameData::Raw(RawFrame {
         width: FRAME as u32,
@@ -103,11 +124,7 @@ impl Loopback {
             data_dir: data.path().to_path_buf(),
             engine: loupe::config::EngineConfig {
                 onnxruntime: None,
-                model: loupe::model::ModelConfig {
-                    path: None,
-                    threads: 2,
-                    device: loupe::model::Device::Cpu,
-                },
+                model: bundled_model(),
             },
             limits: loupe::config::Limits::default(),
             max_batch,
@@ -169,6 +186,137 @@ impl Loopback {
         let _ = self.stop.send(());
         let _ = self.server.await;
     }
+}
+
+/// A server on loopback and its clients, with recipes taught good frames
+/// ([`Served::teach`]).
+pub struct Served {
+    /// A client of the Inspection service.
+    pub inspection: InspectionClient<Channel>,
+    /// A client of the Recipes service.
+    pub recipes: RecipesClient<Channel>,
+    /// The server.
+    pub server: Loopback,
+}
+
+impl Served {
+    /// [`Loopback::start`] with recipe "bench" taught `goods`.
+    pub async fn start(runtime: &loupe::runtime::Runtime, goods: &[Vec<u8>], max_batch: usize) -> Self {
+        Self::start_with(runtime, goods, max_batch, false).await
+    }
+
+    /// [`Served::start`], operated ([`Loopback::start_with`]) or bare.
+    pub async fn start_with(
+        runtime: &loupe::runtime::Runtime,
+        goods: &[Vec<u8>],
+        max_batch: usize,
+        operated: bool,
+    ) -> Self {
+        let mut served = Self::bare(runtime, max_batch, operated).await;
+        served.teach("bench", None, goods).await;
+        served
+    }
+
+    /// [`Loopback::start_with`] and its clients, with no recipe yet.
+    pub async fn bare(runtime: &loupe::runtime::Runtime, max_batch: usize, operated: bool) -> Self {
+        let server = Loopback::start_with(runtime, max_batch, operated).await;
+        let recipes = RecipesClient::new(server.channel.clone()).max_encoding_message_size(usize::MAX);
+        let inspection = InspectionClient::new(server.channel.clone()).max_encoding_message_size(usize::MAX);
+        Self {
+            inspection,
+            recipes,
+            server,
+        }
+    }
+
+    /// Creates recipe `name` with `settings` (`None`: the defaults) and
+    /// teaches it `goods`, as raw frames in one `AddReferences` stream.
+    pub async fn teach(
+        &mut self,
+        name: &str,
+        settings: Option<loupe::proto::RecipeSettings>,
+        goods: &[Vec<u8>],
+    ) {
+        self.recipes
+            .create_recipe(CreateRecipeRequest {
+                name: name.into(),
+                settings,
+            })
+            .await
+            .unwrap();
+        let messages: Vec<AddReferencesRequest> = goods
+            .iter()
+            .enumerate()
+            .map(|(i, good)| AddReferencesRequest {
+                recipe: if i == 0 { name.into() } else { String::new() },
+                frame: Some(raw_frame(good)),
+                replace: false,
+                name: String::new(),
+            })
+            .collect();
+        self.recipes
+            .add_references(tokio_stream::iter(messages))
+            .await
+            .unwrap();
+    }
+
+    /// Client-side latency of `runs` unary calls.
+    pub async fn unary(&mut self, request: &InspectRequest, runs: usize) -> Vec<Duration> {
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            self.inspection.inspect(request.clone()).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        samples
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
+/// A unary `Inspect` request for `rgb` (a raw 1024 x 1024 frame) against
+/// `recipe`, without a heatmap.
+pub fn inspect_request(recipe: &str, rgb: &[u8]) -> InspectRequest {
+    InspectRequest {
+        recipe: recipe.into(),
+        frame: Some(raw_frame(rgb)),
+        frame_id: String::new(),
+        heatmap: None,
+    }
+}
+
+/// The bundled model on 2 threads, on the CPU.
+pub fn bundled_model() -> ModelConfig {
+    ModelConfig {
+        path: None,
+        threads: 2,
+        device: Device::Cpu,
+    }
+}
+
+/// Teaches `engine` the `goods` with `settings`: each extracted, the
+/// reference built and calibrated; returns the judge of that reference.
+pub fn taught(engine: &mut Engine, settings: &RecipeSettings, goods: &[Vec<u8>]) -> Judge {
+    let mut enrollment = Enrollment::new();
+    for good in goods {
+        enrollment.add(engine.extract(settings, frame(good)).unwrap());
+    }
+    let reference = engine.build_reference(settings, &enrollment).unwrap();
+    Judge::new(settings.clone(), reference, DecodeLimits::default()).unwrap()
+}
+
+/// The middle of `samples` (the upper one of an even count).
+pub fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
+    samples.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    samples[samples.len() / 2]
+}
+
+/// Milliseconds.
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }
 
 /// A raw 1024 x 1024 RGB8 frame message.
