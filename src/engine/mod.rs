@@ -6,6 +6,7 @@
 mod enroll;
 mod inspect;
 pub mod settings;
+mod shares;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
