@@ -1,7 +1,7 @@
 //! The global search alone, exact against fast, on the default bank size
 //! (8192 x 152) and one 32 x 32 frame's patches, on feature-like clustered
 //! rows: criterion's timings, then a summary line per variant of the fast
-//! search (projected dimensions, candidates) with its median time, the
+//! search (projected dimensions, candidates, rows per inverted list) with its median time, the
 //! ratio to exact measured in the same run, and how often it found the
 //! exact answer. Needs no model.
 
@@ -20,22 +20,31 @@ const PATCHES: usize = 32 * 32;
 const ROWS: usize = 8192;
 
 /// The fast variants measured: the default first.
-const VARIANTS: [FastOptions; 4] = [
+const VARIANTS: [FastOptions; 5] = [
     FastOptions {
         dims: 48,
         candidates: 16,
+        list_rows: 128,
     },
     FastOptions {
-        dims: 24,
+        dims: 48,
         candidates: 16,
+        list_rows: 0,
+    },
+    FastOptions {
+        dims: 48,
+        candidates: 16,
+        list_rows: 64,
+    },
+    FastOptions {
+        dims: 48,
+        candidates: 16,
+        list_rows: 256,
     },
     FastOptions {
         dims: 32,
         candidates: 16,
-    },
-    FastOptions {
-        dims: 32,
-        candidates: 32,
+        list_rows: 128,
     },
 ];
 
@@ -57,7 +66,14 @@ fn setup() -> Setup {
 }
 
 fn name(options: FastOptions) -> String {
-    format!("fast_{}dims_{}candidates", options.dims, options.candidates)
+    let lists = match options.list_rows {
+        0 => "one_list".to_owned(),
+        rows => format!("lists_of_{rows}"),
+    };
+    format!(
+        "fast_{}dims_{}candidates_{lists}",
+        options.dims, options.candidates
+    )
 }
 
 fn search(c: &mut Criterion) {
@@ -100,7 +116,7 @@ fn ratios(_: &mut Criterion) {
     let truth = s.out.clone();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("search alone, {ROWS} x {CHANNELS} bank, {PATCHES} patches, median of {runs}:");
-    println!("  exact                         {:7.2} ms", ms(exact_time));
+    println!("  {:<44} {:7.2} ms", "exact", ms(exact_time));
     for options in VARIANTS {
         let started = Instant::now();
         let fast = Bank::with_fast(s.rows.clone(), CHANNELS, options);
@@ -118,8 +134,9 @@ fn ratios(_: &mut Criterion) {
             .zip(&truth)
             .map(|(f, e)| (f - e) / e.max(1e-6))
             .fold(0.0f32, f32::max);
+        let (lists, probes) = fast.fast_lists().unwrap_or((0, 0));
         println!(
-            "  {:<29} {:7.2} ms  fast/exact {:.3}  exact answers {:.2} %  worst relative error {:.4}  index built in {:.0} ms",
+            "  {:<44} {:7.2} ms  fast/exact {:.3}  exact answers {:.2} %  worst relative error {:.4}  index built in {:.0} ms ({lists} lists, {probes} probed)",
             name(options),
             ms(time),
             time.as_secs_f64() / exact_time.as_secs_f64(),

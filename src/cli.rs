@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::config::{ClientConfig, InspectArgs, RecipeAction};
-use crate::engine::RecipeSettings;
+use crate::engine::{MatchMode, RecipeSettings};
 use crate::grpc::client;
 use crate::proto;
 use crate::proto::convert::{encoded_frame, settings_from_proto, settings_to_proto};
@@ -69,7 +69,7 @@ fn show_recipe(recipe: &proto::Recipe) {
         ("neighborhood", s.neighborhood.to_string()),
         ("reference_size", s.reference_size.to_string()),
         ("search", s.search.to_string()),
-        ("min_region_area", s.min_region_area.to_string()),
+        ("min_region_area", min_region_area(&s)),
         ("roi", roi),
         ("mask", mask),
         ("threshold", threshold),
@@ -107,6 +107,15 @@ fn show_recipe(recipe: &proto::Recipe) {
     }
     if let Some(drift) = &recipe.drift {
         println!("    drift watch: {}", drift_line(drift));
+    }
+}
+
+/// The smallest region reported, and for 0 what the mode makes of it.
+fn min_region_area(s: &RecipeSettings) -> String {
+    match (s.min_region_area, s.match_mode) {
+        (0, MatchMode::Aligned) => "0 (the mode chooses: one feature cell, in frame pixels)".into(),
+        (0, MatchMode::Global) => "0 (the mode chooses: every region)".into(),
+        (area, _) => format!("{area} frame pixels"),
     }
 }
 

@@ -58,6 +58,8 @@ impl Bank {
         let mut bank = Self::new(features, channels);
         if channels > 0 && !bank.features.is_empty() {
             let index = FastIndex::build(&bank.features, channels, options);
+            let (lists, probes) = index.lists();
+            tracing::debug!(rows = bank.rows(), lists, probes, "fast search index built");
             bank.fast = Some(Arc::new(index));
         }
         bank
@@ -70,6 +72,12 @@ impl Bank {
         } else {
             SearchMode::Exact
         }
+    }
+
+    /// For the fast search, its inverted lists and how many each patch
+    /// probes.
+    pub fn fast_lists(&self) -> Option<(usize, usize)> {
+        self.fast.as_ref().map(|index| index.lists())
     }
 
     /// Number of rows.

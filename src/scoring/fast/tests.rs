@@ -131,7 +131,11 @@ fn recall(queries: &[f32], index: &FastIndex, truth: &[(u32, f32)]) -> f64 {
     let found = truth
         .iter()
         .enumerate()
-        .filter(|(p, (row, _))| part.indices[p * k..][..k].contains(row))
+        .filter(|(p, (row, _))| {
+            part.indices[p * k..][..k]
+                .iter()
+                .any(|&position| position != u32::MAX && index.ids[position as usize] == *row)
+        })
         .count();
     found as f64 / patches as f64
 }
@@ -147,6 +151,7 @@ fn with_every_dimension_kept_it_is_the_exact_search() {
         FastOptions {
             dims: channels,
             candidates: 4,
+            list_rows: 0,
         },
     );
     let truth = brute(&queries, &bank, channels);
@@ -171,6 +176,7 @@ fn on_random_data_it_is_never_below_exact_and_within_the_bound() {
         FastOptions {
             dims: 8,
             candidates: 8,
+            list_rows: 0,
         },
     );
     let truth = brute(&queries, &bank, channels);
@@ -195,27 +201,39 @@ fn on_clustered_feature_like_data_the_nearest_row_is_a_candidate() {
     let channels = 152;
     let bank = clustered(4096, channels, 10, 0);
     let queries = clustered(1024, channels, 10, 100);
-    let index = FastIndex::build(&bank, channels, FastOptions::default());
     let truth = brute(&queries, &bank, channels);
-    let found = recall(&queries, &index, &truth);
-    assert!(
-        found >= 0.99,
-        "the nearest row is a candidate for {found} of the queries"
-    );
-    let answers = fast(&queries, &bank, &index, 2);
-    let mut worst = 0.0f32;
-    let mut equal = 0;
-    for (f, (_, e)) in answers.iter().zip(&truth) {
-        assert!(*f >= e - 1e-3 * e.max(1.0), "{f} below the exact {e}");
-        worst = worst.max((f - e) / e.max(1e-6));
-        equal += usize::from(f - e <= 1e-3 * e.max(1.0));
+    let whole = FastOptions {
+        list_rows: 0,
+        ..FastOptions::default()
+    };
+    // With the bank in one list, a miss is bounded by the projection
+    // (see the module) and lands on a row almost as near; with lists a
+    // miss may land in a farther list, so only the share of misses and
+    // their mean error are bounded.
+    for (options, worst_allowed) in [(whole, 0.1), (FastOptions::default(), 0.3)] {
+        let index = FastIndex::build(&bank, channels, options);
+        let found = recall(&queries, &index, &truth);
+        assert!(
+            found >= 0.99,
+            "{options:?}: the nearest row is a candidate for {found} of the queries"
+        );
+        let answers = fast(&queries, &bank, &index, 2);
+        let (mut worst, mut total, mut equal) = (0.0f32, 0.0f32, 0);
+        for (f, (_, e)) in answers.iter().zip(&truth) {
+            assert!(*f >= e - 1e-3 * e.max(1.0), "{f} below the exact {e}");
+            let error = (f - e) / e.max(1e-6);
+            worst = worst.max(error);
+            total += error;
+            equal += usize::from(f - e <= 1e-3 * e.max(1.0));
+        }
+        assert!(
+            equal as f64 >= 0.99 * answers.len() as f64,
+            "{options:?}: {equal} equal answers"
+        );
+        let mean = total / answers.len() as f32;
+        assert!(mean < 1e-3, "{options:?}: mean relative error {mean}");
+        assert!(worst < worst_allowed, "{options:?}: worst relative error {worst}");
     }
-    assert!(
-        equal as f64 >= 0.99 * answers.len() as f64,
-        "{equal} equal answers"
-    );
-    // A miss lands on a row almost as near.
-    assert!(worst < 0.1, "worst relative error {worst}");
 }
 
 #[test]
@@ -247,6 +265,7 @@ fn a_bank_smaller_than_the_candidates_is_searched_whole() {
         FastOptions {
             dims: 2,
             candidates: 8,
+            list_rows: DEFAULT_LIST_ROWS,
         },
     );
     let truth = brute(&queries, &bank, channels);
