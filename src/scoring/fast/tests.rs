@@ -273,3 +273,31 @@ fn a_bank_smaller_than_the_candidates_is_searched_whole() {
         assert!((f - e).abs() < 1e-5, "{f} vs {e}");
     }
 }
+
+#[test]
+fn a_bank_of_near_duplicates_still_finds_new_rows_nearest() {
+    // Every row twice, a hair apart, as a bank that kept every patch holds
+    // neighbouring cells of one frame: each row's nearest other row is its
+    // twin, in its own list, so the bank's rows alone would ask for few
+    // probes. New rows must still find their nearest row.
+    let channels = 152;
+    let base = clustered(2048, channels, 20, 0);
+    let jitter = gaussian(base.len(), 21);
+    let bank: Vec<f32> = base
+        .chunks_exact(channels)
+        .zip(jitter.chunks_exact(channels))
+        .flat_map(|(row, noise)| {
+            let twin: Vec<f32> = row.iter().zip(noise).map(|(v, n)| v + 1e-3 * n).collect();
+            row.iter().copied().chain(twin)
+        })
+        .collect();
+    let queries = clustered(1024, channels, 20, 100);
+    let index = FastIndex::build(&bank, channels, FastOptions::default());
+    let (lists, probes) = index.lists();
+    let found = recall(&queries, &index, &brute(&queries, &bank, channels));
+    assert!(
+        found >= 0.99,
+        "{probes} of {lists} lists probed: the nearest row is a candidate for {found} of the queries"
+    );
+    assert!(probes * 4 >= lists, "{probes} of {lists} lists probed");
+}
