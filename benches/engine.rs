@@ -2,8 +2,9 @@
 //! default size, aligned with 10 references), and the whole engine call on a
 //! 1024x1024 RGB8 raw frame at the default 256x256 input, global and
 //! aligned; and batching (two images in one search, two frames in one
-//! model run) against one at a time. Needs the ONNX Runtime set-up
-//! (`make setup`).
+//! model run) against one at a time; and the anomaly map (upsampling and
+//! blur) by per-axis operators against upsampling then blurring. Needs the
+//! ONNX Runtime set-up (`make setup`).
 
 mod support;
 
@@ -14,6 +15,7 @@ use loupe::engine::{Engine, InspectOptions, MatchMode, RecipeSettings};
 use loupe::imaging::{self, DecodeLimits, Image};
 use loupe::model;
 use loupe::runtime::{Lookup, load};
+use loupe::scoring::map::{AnomalyMap, MapBuilder, resized_then_blurred, sigma_for};
 use loupe::scoring::nearest::{
     Bank, Grid, SearchScratch, nearest_aligned, nearest_global, nearest_global_batch,
 };
@@ -115,5 +117,24 @@ fn whole_engine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, search, whole_engine);
+/// The anomaly map from patch scores: global's 32 x 32 grid at 256 x 256,
+/// aligned's 128 x 128 at 1024 x 1024.
+fn map(c: &mut Criterion) {
+    let mut group = c.benchmark_group("map");
+    for (grid, size) in [(32, 256), (128, 1024)] {
+        let scores = uniform(grid * grid, 3);
+        let sigma = sigma_for(size, size);
+        let (mut builder, mut out) = (MapBuilder::default(), AnomalyMap::default());
+        group.bench_function(format!("{grid}x{grid}_to_{size}x{size}_axis_operators"), |b| {
+            b.iter(|| builder.build(black_box(&scores), grid, grid, size, size, sigma, None, &mut out))
+        });
+        group.bench_function(
+            format!("{grid}x{grid}_to_{size}x{size}_resized_then_blurred"),
+            |b| b.iter(|| resized_then_blurred(black_box(&scores), grid, grid, size, size, sigma)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, search, whole_engine, map);
 criterion_main!(benches);
