@@ -108,6 +108,11 @@ struct Axis {
     band: usize,
     /// `to` x `band`.
     weights: Vec<f32>,
+    /// Buffers of the last build, kept so that frames of varying sizes
+    /// (global keeps each frame's aspect ratio) allocate nothing new.
+    dense: Vec<f32>,
+    impulse: Vec<f32>,
+    padded: Vec<f32>,
 }
 
 impl Axis {
@@ -121,14 +126,25 @@ impl Axis {
         // Column `j` of the dense operator: cell j's impulse, upsampled and
         // blurred.
         let kernel = (sigma > 0.0).then(|| gaussian_kernel(sigma));
-        let mut dense = vec![0.0f32; from * to];
-        let (mut impulse, mut padded) = (vec![0.0f32; from], Vec::new());
+        let Self {
+            starts,
+            band,
+            weights,
+            dense,
+            impulse,
+            padded,
+            ..
+        } = self;
+        dense.clear();
+        dense.resize(from * to, 0.0);
+        impulse.clear();
+        impulse.resize(from, 0.0);
         for (j, column) in dense.chunks_exact_mut(to).enumerate() {
             impulse.fill(0.0);
             impulse[j] = 1.0;
-            resize_f32(resizer, &impulse, from, 1, column, to, 1);
+            resize_f32(resizer, impulse, from, 1, column, to, 1);
             if let Some(kernel) = &kernel {
-                blur_rows(column, to, kernel, &mut padded);
+                blur_rows(column, to, kernel, padded);
             }
         }
         let weight = |i: usize, j: usize| dense[j * to + i];
@@ -137,18 +153,19 @@ impl Axis {
             let last = (0..from).rev().find(|&j| weight(i, j) != 0.0).unwrap_or(0);
             (first, last.max(first))
         };
-        let band = (0..to).map(|i| {
-            let (first, last) = support(i);
-            last - first + 1
-        });
-        self.band = band.max().unwrap_or(1);
-        self.starts.clear();
-        self.weights.clear();
+        *band = (0..to)
+            .map(|i| {
+                let (first, last) = support(i);
+                last - first + 1
+            })
+            .max()
+            .unwrap_or(1);
+        starts.clear();
+        weights.clear();
         for i in 0..to {
-            let start = support(i).0.min(from - self.band);
-            self.starts.push(start);
-            self.weights
-                .extend((start..start + self.band).map(|j| weight(i, j)));
+            let start = support(i).0.min(from - *band);
+            starts.push(start);
+            weights.extend((start..start + *band).map(|j| weight(i, j)));
         }
         self.key = Some(key);
     }
