@@ -109,7 +109,7 @@ struct Axis {
     /// `to` x `band`.
     weights: Vec<f32>,
     /// Buffers of the last build, kept so that frames of varying sizes
-    /// (global keeps each frame's aspect ratio) allocate nothing new.
+    /// (global keeps each frame's aspect ratio) reuse them.
     dense: Vec<f32>,
     impulse: Vec<f32>,
     padded: Vec<f32>,
@@ -147,25 +147,25 @@ impl Axis {
                 blur_rows(column, to, kernel, padded);
             }
         }
+        // Each pixel's band: its first and last cell of nonzero weight,
+        // found once; every band is then widened to the widest (kept inside
+        // the cells).
         let weight = |i: usize, j: usize| dense[j * to + i];
-        let support = |i: usize| {
-            let first = (0..from).find(|&j| weight(i, j) != 0.0).unwrap_or(0);
-            let last = (0..from).rev().find(|&j| weight(i, j) != 0.0).unwrap_or(0);
-            (first, last.max(first))
-        };
-        *band = (0..to)
-            .map(|i| {
-                let (first, last) = support(i);
-                last - first + 1
-            })
-            .max()
-            .unwrap_or(1);
         starts.clear();
-        weights.clear();
+        *band = 1;
         for i in 0..to {
-            let start = support(i).0.min(from - *band);
-            starts.push(start);
-            weights.extend((start..start + *band).map(|j| weight(i, j)));
+            let first = (0..from).find(|&j| weight(i, j) != 0.0).unwrap_or(0);
+            let last = (first..from)
+                .rev()
+                .find(|&j| weight(i, j) != 0.0)
+                .unwrap_or(first);
+            starts.push(first);
+            *band = (*band).max(last - first + 1);
+        }
+        weights.clear();
+        for (i, start) in starts.iter_mut().enumerate() {
+            *start = (*start).min(from - *band);
+            weights.extend((*start..*start + *band).map(|j| weight(i, j)));
         }
         self.key = Some(key);
     }
