@@ -172,9 +172,16 @@ fn recipe(bench: &mut Bench, name: &'static str, settings: &RecipeSettings, good
     let test = bench.engine.extract(settings, frame(&bench.rgb)).unwrap();
     let banks = (settings.match_mode == MatchMode::Global).then(|| {
         let reference = judge.reference();
-        let bank =
-            |search| Bank::with_search(reference.features.clone(), reference.channels as usize, search);
-        (bank(SearchMode::Exact), bank(SearchMode::Fast))
+        let fast = judge.bank().expect("a global recipe has a bank").clone();
+        assert_eq!(
+            fast.search(),
+            SearchMode::Fast,
+            "the default search is the fast one"
+        );
+        (
+            Bank::new(reference.features.clone(), reference.channels as usize),
+            fast,
+        )
     });
     let served = proto::RecipeSettings {
         match_mode: match settings.match_mode {
@@ -282,11 +289,17 @@ fn main() {
         let (width, height) = recipe.test.input_size;
         let grid = recipe.test.grid;
         let bank = match reference.mode {
-            MatchMode::Global => format!(
-                "bank {} x {}",
-                reference.features.len() / grid.channels,
-                grid.channels
-            ),
+            MatchMode::Global => {
+                let lists = match recipe.judge.bank().and_then(|bank| bank.fast_lists()) {
+                    Some((lists, probes)) => format!(", {probes} of {lists} lists probed"),
+                    None => String::new(),
+                };
+                format!(
+                    "bank {} x {}{lists}",
+                    reference.features.len() / grid.channels,
+                    grid.channels
+                )
+            }
             MatchMode::Aligned => format!("radius {}", recipe.judge.settings().neighborhood),
         };
         println!(

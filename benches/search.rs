@@ -84,7 +84,7 @@ fn search(c: &mut Criterion) {
         b.iter(|| nearest_global(black_box(&s.query), PATCHES, &exact, &mut s.scratch, &mut s.out))
     });
     for options in VARIANTS {
-        let fast = Bank::with_fast(s.rows.clone(), CHANNELS, options);
+        let fast = Bank::with_fast(s.rows.clone(), CHANNELS, options, None);
         group.bench_function(name(options), |b| {
             b.iter(|| nearest_global(black_box(&s.query), PATCHES, &fast, &mut s.scratch, &mut s.out))
         });
@@ -119,7 +119,7 @@ fn ratios(_: &mut Criterion) {
     println!("  {:<44} {:7.2} ms", "exact", ms(exact_time));
     for options in VARIANTS {
         let started = Instant::now();
-        let fast = Bank::with_fast(s.rows.clone(), CHANNELS, options);
+        let fast = Bank::with_fast(s.rows.clone(), CHANNELS, options, None);
         let built = started.elapsed();
         let time = median(&mut s, &fast, runs);
         let same = s

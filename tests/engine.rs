@@ -414,3 +414,58 @@ fn a_faint_defect_the_former_threshold_passed_fails_and_good_parts_pass_at_about
     let (x1, y1) = (90 + len as u32, 123 + len as u32 / 2);
     assert!(overlaps(&result, 90, 120, x1, y1), "regions {:?}", result.regions);
 }
+
+#[test]
+fn the_fast_search_probes_fewer_lists_and_scores_fresh_parts_as_with_every_list() {
+    let mut engine = engine();
+    // Every patch kept, as a small enrollment keeps them: neighbouring
+    // patches of a part are near copies of each other, the case where the
+    // bank's own rows ask for too few probes.
+    let settings = RecipeSettings {
+        reference_size: 1 << 16,
+        ..RecipeSettings::default()
+    };
+    let place = |i: u64| ((i % 5) as f32 * 0.7, (i % 5) as f32 * 0.4);
+    let goods: Vec<Vec<u8>> = (0..12)
+        .map(|i| {
+            let (dx, dy) = place(i);
+            texture(i + 1, dx, dy)
+        })
+        .collect();
+    let judge = teach(&mut engine, &settings, &goods);
+    let (lists, probes) = judge.bank().unwrap().fast_lists().unwrap();
+    assert_eq!(
+        judge.reference().probes as usize,
+        probes,
+        "the bank probes what was recorded"
+    );
+    assert!(probes < lists / 2, "{probes} of {lists} lists probed");
+
+    let every = Judge::new(
+        settings.clone(),
+        loupe::reference::Reference {
+            probes: u32::MAX,
+            ..judge.reference().clone()
+        },
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(every.bank().unwrap().fast_lists().unwrap(), (lists, lists));
+    let options = InspectOptions::default();
+    // Fresh parts, good and scratched: the chosen count keeps each probe
+    // frame within 1 % of its score with every list; fresh parts come
+    // within 2 %.
+    for seed in 300..320 {
+        let (dx, dy) = place(seed);
+        let mut part = texture(seed, dx, dy);
+        if seed % 4 == 0 {
+            scratch(&mut part, 90, 120, 40);
+        }
+        let fast = engine.inspect(&judge, frame(&part), &options).unwrap().score;
+        let whole = engine.inspect(&every, frame(&part), &options).unwrap().score;
+        assert!(
+            fast <= whole * 1.02,
+            "part {seed}: {fast} with {probes} of {lists} lists, {whole} with every list"
+        );
+    }
+}

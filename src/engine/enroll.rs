@@ -16,6 +16,10 @@
 //!   clean binarised image gets none), through
 //!   [`threshold::from_perturbations`].
 //!
+//! With the fast search, the calibration also chooses how many inverted lists
+//! each patch probes (see [`Engine::choose_probes`]), and the reference keeps
+//! the count.
+//!
 //! Aligned references also hold a pixel-level variation model of the golden
 //! images ([`crate::scoring::variation`]). The same calibration frames are
 //! scored on both maps; each map is divided by the highest value they reached
@@ -26,6 +30,7 @@ use std::sync::Arc;
 
 use crate::imaging::{FrameData, OwnedFrame};
 use crate::reference::{PixelReference, Reference};
+use crate::scoring::fast::{self, FastOptions};
 use crate::scoring::map::AnomalyMap;
 use crate::scoring::nearest::{Bank, Grid};
 use crate::scoring::threshold;
@@ -37,6 +42,12 @@ use super::{Engine, EngineError, MatchView};
 
 /// Most folds of out-of-fold calibration (fewer images: one per image).
 pub const FOLDS: usize = 10;
+/// Calibration frames the probe count is chosen on, at most, spread evenly
+/// over the enrolled images.
+const PROBE_FRAMES: usize = 32;
+/// How far above its score with every list probed a probe frame's image
+/// score may be with the chosen count, relative.
+const PROBE_SCORE_TOLERANCE: f32 = 0.01;
 
 /// One good image's features.
 #[derive(Debug, Clone)]
@@ -204,7 +215,7 @@ impl Engine {
             rule => rule,
         };
         let mask = settings.mask(rule, self.limits)?;
-        let (mode, features, scores, pixels) = match settings.match_mode {
+        let (mode, features, scores, pixels, probes) = match settings.match_mode {
             MatchMode::Aligned => {
                 if let Some(other) = images.iter().find(|f| f.input_size != first.input_size) {
                     return Err(EngineError::ReferenceMismatch(format!(
@@ -235,21 +246,35 @@ impl Engine {
                     feature_scale,
                     pixel_scale,
                 };
-                (MatchMode::Aligned, features, scores, Some(pixels))
+                (MatchMode::Aligned, features, scores, Some(pixels), 0)
             }
             MatchMode::Global => {
                 let target = settings.reference_size as usize;
                 let shares = FoldShares::select(images, target);
                 let bank_rows: Arc<[f32]> = shares.coreset(None, target).rows.into();
-                let scores = if images.len() == 1 {
-                    let bank = Bank::with_search(bank_rows.clone(), grid.channels, settings.search);
+                let (scores, probed_share) = if images.len() == 1 {
+                    // No frame stands apart from one image's bank: every list.
+                    let bank = Bank::with_search(
+                        bank_rows.clone(),
+                        grid.channels,
+                        settings.search,
+                        Some(usize::MAX),
+                    );
                     let view = MatchView::Global(&bank);
                     let pairs = self.perturbation_scores(first, view, mask.as_deref(), None)?;
-                    pairs.into_iter().map(|(feature, _)| feature).collect()
+                    let scores = pairs.into_iter().map(|(feature, _)| feature).collect();
+                    (scores, 1.0)
                 } else {
                     self.out_of_fold_global(images, &shares, target, settings.search, mask.as_deref())
                 };
-                (MatchMode::Global, bank_rows, scores, None)
+                let probes = match settings.search {
+                    SearchMode::Fast => {
+                        let lists = fast::list_count(bank_rows.len() / grid.channels, FastOptions::default());
+                        ((probed_share * lists as f64).ceil() as usize).clamp(1, lists) as u32
+                    }
+                    SearchMode::Exact => 0,
+                };
+                (MatchMode::Global, bank_rows, scores, None, probes)
             }
         };
         let calibrated = threshold::calibrate(&scores, images.len(), settings.target_false_reject_rate)
@@ -268,6 +293,7 @@ impl Engine {
             input_width: width,
             input_height: height,
             pixels,
+            probes,
         })
     }
 
@@ -346,7 +372,9 @@ impl Engine {
     }
 
     /// Global: each fold's images against a coreset selected from the
-    /// other folds' shares (see [`FoldShares`]), searched with `search`.
+    /// other folds' shares (see [`FoldShares`]), searched with `search`;
+    /// and the share of the inverted lists the fast search probes (1 for
+    /// the exact search).
     fn out_of_fold_global(
         &mut self,
         images: &[Features],
@@ -354,16 +382,80 @@ impl Engine {
         target: usize,
         search: SearchMode,
         mask: Option<&[f32]>,
-    ) -> Vec<f32> {
+    ) -> (Vec<f32>, f64) {
         let channels = images[0].grid.channels;
+        let mut banks: Vec<Bank> = (0..shares.folds.len())
+            .map(|index| {
+                let rows = shares.coreset(Some(index), target).rows;
+                Bank::with_search(rows, channels, search, Some(usize::MAX))
+            })
+            .collect();
+        let share = match search {
+            SearchMode::Fast => self.choose_probes(images, &shares.folds, &mut banks, mask),
+            SearchMode::Exact => 1.0,
+        };
         let mut scores = Vec::with_capacity(images.len());
-        for (index, fold) in shares.folds.iter().enumerate() {
-            let bank = Bank::with_search(shares.coreset(Some(index), target).rows, channels, search);
+        for (bank, fold) in banks.iter().zip(&shares.folds) {
             for image in &images[fold.clone()] {
-                scores.push(self.image_score(image, MatchView::Global(&bank), mask));
+                scores.push(self.image_score(image, MatchView::Global(bank), mask));
             }
         }
-        scores
+        (scores, share)
+    }
+
+    /// The fast search's probe count, as a share of the lists, chosen on
+    /// real out-of-fold frames: up to [`PROBE_FRAMES`] calibration frames,
+    /// spread evenly, each against its fold's bank. Each frame's image
+    /// score with every list probed is the mark; the count is the smallest
+    /// (from a sequence rising by half: 1, 2, 3, 4, 6, 9, 13, ... lists) that
+    /// keeps every one of them within [`PROBE_SCORE_TOLERANCE`] of its mark.
+    /// The image score is the map's maximum, so one patch whose nearest row
+    /// lies in a list not probed can raise it: this is what the threshold
+    /// sees, where a share of patches found (the rule the search falls back
+    /// on without a recorded count) is not. Leaves every bank probing that
+    /// many lists.
+    fn choose_probes(
+        &mut self,
+        images: &[Features],
+        folds: &[std::ops::Range<usize>],
+        banks: &mut [Bank],
+        mask: Option<&[f32]>,
+    ) -> f64 {
+        let frames = images.len().min(PROBE_FRAMES);
+        let picks: Vec<(usize, usize)> = (0..frames)
+            .map(|k| {
+                let image = k * images.len() / frames;
+                let fold = folds
+                    .iter()
+                    .position(|f| f.contains(&image))
+                    .expect("folds cover every image");
+                (image, fold)
+            })
+            .collect();
+        let marks: Vec<f32> = picks
+            .iter()
+            .map(|&(image, fold)| self.image_score(&images[image], MatchView::Global(&banks[fold]), mask))
+            .collect();
+        let lists = |bank: &Bank| bank.fast_lists().map_or(1, |(lists, _)| lists);
+        let most = banks.iter().map(lists).max().unwrap_or(1);
+        let mut share = 1.0;
+        for probes in probe_counts(most) {
+            let candidate = probes as f64 / most as f64;
+            for bank in banks.iter_mut() {
+                let count = lists(bank);
+                bank.set_probes((candidate * count as f64).ceil() as usize);
+            }
+            let close = picks.iter().zip(&marks).all(|(&(image, fold), &mark)| {
+                let score = self.image_score(&images[image], MatchView::Global(&banks[fold]), mask);
+                score <= mark * (1.0 + PROBE_SCORE_TOLERANCE)
+            });
+            if close {
+                share = candidate;
+                break;
+            }
+        }
+        tracing::debug!(share, frames, "fast search probe share chosen");
+        share
     }
 
     /// One golden image: perturbed copies against the reference built from
@@ -424,6 +516,17 @@ fn fused_scores(pairs: &[(f32, f32)]) -> (Vec<f32>, f32, f32) {
         .map(|&(f, p)| variation::fused_score(f / feature_scale, p / pixel_scale))
         .collect();
     (scores, feature_scale, pixel_scale)
+}
+
+/// Probe counts tried, rising by about half each step from 1, up to and
+/// including `lists`.
+fn probe_counts(lists: usize) -> Vec<usize> {
+    let mut counts = vec![1];
+    while let Some(&last) = counts.last().filter(|&&last| last < lists) {
+        let step = (last / 2).max(1);
+        counts.push((last + step).min(lists));
+    }
+    counts
 }
 
 /// The folds of out-of-fold calibration: up to [`FOLDS`] runs of
@@ -526,6 +629,13 @@ fn perturbations(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_counts_rise_by_half_to_every_list() {
+        assert_eq!(probe_counts(1), [1]);
+        assert_eq!(probe_counts(5), [1, 2, 3, 4, 5]);
+        assert_eq!(probe_counts(64), [1, 2, 3, 4, 6, 9, 13, 19, 28, 42, 63, 64]);
+    }
 
     #[test]
     fn folds_cover_every_image_once_in_runs_of_neighbours() {

@@ -111,6 +111,7 @@ impl Judge {
                 reference.features.clone(),
                 channels,
                 settings.search,
+                (reference.probes > 0).then_some(reference.probes as usize),
             )),
             MatchMode::Aligned => Matcher::Aligned,
         };
@@ -172,6 +173,14 @@ impl Judge {
     /// The reference.
     pub fn reference(&self) -> &Reference {
         &self.reference
+    }
+
+    /// Global: the bank searched, as built for the recipe's search.
+    pub fn bank(&self) -> Option<&Bank> {
+        match &self.matcher {
+            Matcher::Global(bank) => Some(bank),
+            Matcher::Aligned => None,
+        }
     }
 
     /// The threshold in force.

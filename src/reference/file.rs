@@ -8,8 +8,10 @@
 //! f32s, feature count u64; since version 2 also input width u32, input height u32,
 //! pixel model u8 (0 none, 1 present), feature scale f32, pixel scale f32), the
 //! features as f32s, with a pixel model its ideal and tolerance planes (input width x
-//! height f32s each), and a CRC32 of everything before it. Version 1 files (no input
-//! size, no pixel model) are still read.
+//! height f32s each), and a CRC32 of everything before it. Version 3 adds to the header,
+//! after the pixel scale, the fast search's probes u32 (0: not recorded). Version 1
+//! files (no input size, no pixel model) and version 2 files (no probes) are still
+//! read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,8 +19,8 @@ use std::sync::Arc;
 
 pub use super::mode::MatchMode;
 
-/// The format version this code writes (it also reads version 1).
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this code writes (it also reads versions 1 and 2).
+pub const FORMAT_VERSION: u32 = 3;
 
 const MAGIC: &[u8; 8] = b"LOUPEREF";
 /// Magic, version and header length.
@@ -29,8 +31,12 @@ const TRAILER: usize = 4;
 const MIN_HEADER_V1: usize = 1 + 4 * 6 + 4 + 8;
 /// Header bytes version 2 adds: input size, pixel model flag and its scales.
 const HEADER_V2: usize = 4 + 4 + 1 + 4 + 4;
+/// Header bytes version 3 adds: the fast search's probes.
+const HEADER_V3: usize = 4;
+/// Header bytes of version 2 with an empty model id and no calibration scores.
+const MIN_HEADER_V2: usize = MIN_HEADER_V1 + HEADER_V2;
 /// Header bytes of this version with an empty model id and no calibration scores.
-const MIN_HEADER: usize = MIN_HEADER_V1 + HEADER_V2;
+const MIN_HEADER: usize = MIN_HEADER_V2 + HEADER_V3;
 /// What `decode` calls its input when it has no file name.
 const IN_MEMORY: &str = "reference data";
 
@@ -66,6 +72,11 @@ pub struct Reference {
     pub input_height: u32,
     /// Aligned: the pixel-level variation model, at the input size.
     pub pixels: Option<PixelReference>,
+    /// Global, fast search: the inverted lists each patch probes, chosen at
+    /// enrollment on the calibration frames; 0 where not recorded (files before
+    /// version 3, the exact search, aligned references), and the search's own
+    /// rule picks when the bank is built.
+    pub probes: u32,
 }
 
 /// The pixel-level half of an aligned reference: the variation model of the
@@ -236,6 +247,7 @@ pub fn encode(reference: &Reference) -> Vec<u8> {
     out.push(u8::from(pixels.is_some()));
     out.extend_from_slice(&pixels.map_or(0.0, |p| p.feature_scale).to_le_bytes());
     out.extend_from_slice(&pixels.map_or(0.0, |p| p.pixel_scale).to_le_bytes());
+    out.extend_from_slice(&reference.probes.to_le_bytes());
     put_f32s(&mut out, &reference.features);
     if let Some(pixels) = pixels {
         put_f32s(&mut out, &pixels.ideal);
@@ -309,7 +321,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
     };
     let shortest = PREAMBLE + MIN_HEADER_V1 + TRAILER;
     let version = word(8).ok_or_else(|| truncated(shortest, bytes.len()))?;
-    if version != FORMAT_VERSION && version != 1 {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(ReferenceError::Version {
             origin: IN_MEMORY.into(),
             found: version,
@@ -317,7 +329,11 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
         });
     }
     let header_len = word(12).ok_or_else(|| truncated(shortest, bytes.len()))? as usize;
-    let min_header = if version == 1 { MIN_HEADER_V1 } else { MIN_HEADER };
+    let min_header = match version {
+        1 => MIN_HEADER_V1,
+        2 => MIN_HEADER_V2,
+        _ => MIN_HEADER,
+    };
     if header_len < min_header {
         return Err(corrupt(format!(
             "the header length {header_len} is below the minimum {min_header}"
@@ -351,6 +367,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
             f32::from_le_bytes(cursor.array("pixel scale")?),
         )
     };
+    let probes = if version < 3 { 0 } else { cursor.u32("probes")? };
     if has_pixels > 1 {
         return Err(corrupt(format!("unknown pixel model flag {has_pixels}")));
     }
@@ -424,6 +441,7 @@ pub fn decode(bytes: &[u8]) -> Result<Reference, ReferenceError> {
         input_width,
         input_height,
         pixels,
+        probes,
     };
     check(&reference).map_err(corrupt)?;
     Ok(reference)
@@ -520,6 +538,7 @@ mod tests {
             input_width: 32,
             input_height: 16,
             pixels: None,
+            probes: 5,
         }
     }
 
@@ -529,6 +548,7 @@ mod tests {
             features: (0..2 * 3 * 4 * 2).map(|i| (i as f32).sin()).collect(),
             calibration_scores: Vec::new(),
             model_id: String::new(),
+            probes: 0,
             ..global()
         }
     }
@@ -545,24 +565,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reads_version_1_files() {
-        // Version 1: the same header without the input size and pixel model.
-        let reference = Reference {
-            input_width: 0,
-            input_height: 0,
-            ..global()
-        };
-        let mut bytes = encode(&reference);
+    /// `reference` as an older `version` wrote it: the header without its
+    /// last `dropped` bytes (the fields added since).
+    fn older(reference: &Reference, version: u32, dropped: usize) -> Vec<u8> {
+        let mut bytes = encode(reference);
         let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-        let v2_fields = PREAMBLE + header_len - HEADER_V2..PREAMBLE + header_len;
-        bytes.drain(v2_fields);
-        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-        bytes[12..16].copy_from_slice(&((header_len - HEADER_V2) as u32).to_le_bytes());
+        bytes.drain(PREAMBLE + header_len - dropped..PREAMBLE + header_len);
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        bytes[12..16].copy_from_slice(&((header_len - dropped) as u32).to_le_bytes());
         bytes.truncate(bytes.len() - TRAILER);
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn reads_version_1_and_2_files() {
+        // Version 1: without the input size, the pixel model and the probes.
+        let reference = Reference {
+            input_width: 0,
+            input_height: 0,
+            probes: 0,
+            ..global()
+        };
+        let bytes = older(&reference, 1, HEADER_V2 + HEADER_V3);
         assert_eq!(decode(&bytes).unwrap(), reference);
+        // Version 2: without the probes.
+        for reference in [global(), with_pixels()] {
+            let expected = Reference {
+                probes: 0,
+                ..reference.clone()
+            };
+            assert_eq!(decode(&older(&expected, 2, HEADER_V3)).unwrap(), expected);
+        }
     }
 
     #[test]
@@ -577,19 +612,19 @@ mod tests {
     #[test]
     fn refuses_another_version_naming_both() {
         let mut bytes = encode(&global());
-        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
         let error = decode(&bytes).unwrap_err();
         assert!(matches!(
             error,
             ReferenceError::Version {
-                found: 3,
+                found: 4,
                 supported: FORMAT_VERSION,
                 ..
             }
         ));
         let message = error.to_string();
         assert!(
-            message.contains("format version 3") && message.contains("reads version 2"),
+            message.contains("format version 4") && message.contains("reads version 3"),
             "{message}"
         );
         // The version is judged before the rest, however broken.
@@ -677,11 +712,11 @@ mod tests {
         assert_eq!(load(&path).unwrap(), global());
 
         let mut bytes = fs::read(&path).unwrap();
-        bytes[8] = 3;
+        bytes[8] = 4;
         fs::write(&path, &bytes).unwrap();
         let message = load(&path).unwrap_err().to_string();
         assert!(
-            message.contains(&path.display().to_string()) && message.contains("version 3"),
+            message.contains(&path.display().to_string()) && message.contains("version 4"),
             "{message}"
         );
         let missing = folder.path().join("missing.ref");

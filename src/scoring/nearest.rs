@@ -45,19 +45,30 @@ impl Bank {
     }
 
     /// Wraps `features` for `search`: the fast search learns its projection
-    /// on them here (tens of milliseconds for 8192 x 152).
-    pub fn with_search(features: impl Into<Arc<[f32]>>, channels: usize, search: SearchMode) -> Self {
+    /// on them here (tens of milliseconds for 8192 x 152), each patch to
+    /// probe `probes` of its lists where given (see [`FastIndex::build`]).
+    pub fn with_search(
+        features: impl Into<Arc<[f32]>>,
+        channels: usize,
+        search: SearchMode,
+        probes: Option<usize>,
+    ) -> Self {
         match search {
             SearchMode::Exact => Self::new(features, channels),
-            SearchMode::Fast => Self::with_fast(features, channels, FastOptions::default()),
+            SearchMode::Fast => Self::with_fast(features, channels, FastOptions::default(), probes),
         }
     }
 
     /// Wraps `features` for the fast search shaped by `options`.
-    pub fn with_fast(features: impl Into<Arc<[f32]>>, channels: usize, options: FastOptions) -> Self {
+    pub fn with_fast(
+        features: impl Into<Arc<[f32]>>,
+        channels: usize,
+        options: FastOptions,
+        probes: Option<usize>,
+    ) -> Self {
         let mut bank = Self::new(features, channels);
         if channels > 0 && !bank.features.is_empty() {
-            let index = FastIndex::build(&bank.features, channels, options);
+            let index = FastIndex::build(&bank.features, channels, options, probes);
             let (lists, probes) = index.lists();
             tracing::debug!(rows = bank.rows(), lists, probes, "fast search index built");
             bank.fast = Some(Arc::new(index));
@@ -78,6 +89,14 @@ impl Bank {
     /// probes.
     pub fn fast_lists(&self) -> Option<(usize, usize)> {
         self.fast.as_ref().map(|index| index.lists())
+    }
+
+    /// For the fast search, makes each patch probe `probes` lists (at
+    /// least one, at most all); nothing for the exact search.
+    pub fn set_probes(&mut self, probes: usize) {
+        if let Some(index) = &mut self.fast {
+            Arc::make_mut(index).set_probes(probes);
+        }
     }
 
     /// Number of rows.

@@ -294,6 +294,7 @@ mod tests {
             input_width: 16,
             input_height: 16,
             pixels: None,
+            probes: 0,
         };
         let judge = Judge::new(settings.clone(), reference, DecodeLimits::default()).unwrap();
         let mut record = RecipeRecord::new("part".into(), settings);

@@ -310,6 +310,7 @@ mod tests {
                 input_width: 32,
                 input_height: 32,
                 pixels: None,
+                probes: 3,
             }),
         }
     }

@@ -5,12 +5,15 @@
 //! projected rows into lists of about [`super::DEFAULT_LIST_ROWS`] rows,
 //! and the rows are stored list after list. A patch probes the `probes`
 //! lists whose centres are nearest it in the projection. How many is
-//! chosen at build, on the bank itself: rows sampled evenly from it stand
-//! in for patches (each with the bank minus itself, as an out-of-fold
-//! frame sees a bank without its own patches), and `probes` is the
-//! smallest count that puts each sample's true nearest other row (in all
-//! channels) in a probed list for [`PROBE_RECALL`] of them, and never
-//! fewer than [`MIN_PROBED_SHARE`] of the lists.
+//! chosen when the recipe is enrolled, on the calibration frames (see
+//! `engine::enroll`), and stored with the reference. Where no count was
+//! recorded (references written before it was, banks built outside
+//! enrollment) a rule picks one at build, on the bank itself: rows sampled
+//! evenly from it stand in for patches (each with the bank minus itself,
+//! as an out-of-fold frame sees a bank without its own patches), and
+//! `probes` is the smallest count that puts each sample's true nearest
+//! other row (in all channels) in a probed list for [`PROBE_RECALL`] of
+//! them, and never fewer than [`MIN_PROBED_SHARE`] of the lists.
 
 use super::BLOCK;
 
@@ -58,17 +61,19 @@ pub(super) struct Grouping {
 impl Lists {
     /// Groups `projected` (row-major, `dims` per row) into about
     /// `rows / list_rows` lists (one list, probed always, when `list_rows`
-    /// is 0 or the bank is small), and picks the probes on `features`
-    /// (the same rows in all `channels`).
+    /// is 0 or the bank is small), each patch probing `probes` of them, or
+    /// as many as the rule picks on `features` (the same rows in all
+    /// `channels`).
     pub fn build(
         projected: &[f32],
         dims: usize,
         features: &[f32],
         channels: usize,
         list_rows: usize,
+        probes: Option<usize>,
     ) -> Grouping {
         let rows = projected.len() / dims;
-        let count = rows.checked_div(list_rows).unwrap_or(1).max(1);
+        let count = count_for(rows, list_rows);
         let (centres, labels) = kmeans(projected, dims, count);
         let mut starts = vec![0usize; count + 1];
         for &label in &labels {
@@ -101,8 +106,10 @@ impl Lists {
             dims,
             probes: count,
         };
-        if count > 1 {
-            lists.probes = lists.choose_probes(projected, features, channels, &labels);
+        match probes {
+            Some(probes) => lists.set_probes(probes),
+            None if count > 1 => lists.probes = lists.choose_probes(projected, features, channels, &labels),
+            None => {}
         }
         Grouping { lists, ids }
     }
@@ -115,6 +122,11 @@ impl Lists {
     /// Lists each patch probes.
     pub fn probes(&self) -> usize {
         self.probes
+    }
+
+    /// Makes each patch probe `probes` lists (at least one, at most all).
+    pub fn set_probes(&mut self, probes: usize) {
+        self.probes = probes.clamp(1, self.count());
     }
 
     /// The reordered positions of list `list`.
@@ -197,6 +209,12 @@ impl Lists {
         let floor = (MIN_PROBED_SHARE * self.count() as f64).ceil() as usize;
         needed[at - 1].max(floor).clamp(1, self.count())
     }
+}
+
+/// The lists a bank of `rows` rows is grouped into, about `list_rows` rows
+/// each (one when `list_rows` is 0).
+pub(super) fn count_for(rows: usize, list_rows: usize) -> usize {
+    rows.checked_div(list_rows).unwrap_or(1).max(1)
 }
 
 /// `out[i * n + j] = scale * a_i . b_j` for `a` and `b` row-major with
@@ -375,7 +393,7 @@ mod tests {
             .enumerate()
             .map(|(i, v)| 10.0 * ((i / dims) % 3) as f32 + v)
             .collect();
-        let Grouping { lists, ids } = Lists::build(&rows, dims, &rows, dims, 100);
+        let Grouping { lists, ids } = Lists::build(&rows, dims, &rows, dims, 100, None);
         assert_eq!((lists.count(), lists.probes()), (3, 1));
         let mut seen = ids.clone();
         seen.sort_unstable();
@@ -396,7 +414,7 @@ mod tests {
         let dims = 8;
         let bank = uniform(4096 * dims, 2);
         let queries = uniform(1000 * dims, 3);
-        let Grouping { lists, ids } = Lists::build(&bank, dims, &bank, dims, 64);
+        let Grouping { lists, ids } = Lists::build(&bank, dims, &bank, dims, 64, None);
         assert_eq!(lists.count(), 64);
         assert!(
             lists.probes() > 1 && lists.probes() < 64,
@@ -437,7 +455,7 @@ mod tests {
     #[test]
     fn without_lists_the_whole_bank_is_one_list() {
         let bank = uniform(500 * 3, 4);
-        let Grouping { lists, ids } = Lists::build(&bank, 3, &bank, 3, 0);
+        let Grouping { lists, ids } = Lists::build(&bank, 3, &bank, 3, 0, None);
         assert_eq!((lists.count(), lists.probes()), (1, 1));
         assert_eq!(lists.span(0), 0..500);
         assert_eq!(ids, (0..500).collect::<Vec<u32>>());

@@ -6,9 +6,9 @@
 //! The candidate pass is the brute-force search's matrix product with
 //! `dims` instead of `channels` columns (48 of 152: under a third of the
 //! work) and, with the bank in k-means lists of about 128 rows, only over
-//! the lists nearest the patch (16 of 64 on magnetic-tile's bank: a
-//! quarter of the rows), keeping the `candidates` rows nearest in the
-//! projection. The patches are grouped by the lists they probe, so each
+//! the lists nearest the patch (19 of 64 on magnetic-tile's bank, chosen
+//! at enrollment: under a third of the rows), keeping the `candidates` rows
+//! nearest in the projection. The patches are grouped by the lists they probe, so each
 //! list is one matrix product with all its patches. The re-rank takes the
 //! candidates nearest first and stops as soon as the next one's projected
 //! distance reaches the best true distance found: a projected distance
@@ -30,10 +30,11 @@
 //! distance, `f^2 <= |q - c|^2 <= e^2 + |r(q) - r(c)|^2 <= e^2 + (|r(q)| +
 //! |r(c)|)^2`, since `c` is no farther than `n` in the projection. When
 //! the lists miss it (it lies in a list not probed), no such bound holds;
-//! the number of lists probed is chosen when the bank is built so that
-//! this happens for at most half a percent of the bank's own rows (see
-//! [`lists`]), and on magnetic-tile the image and pixel AUROC stayed within
-//! 0.0002 of the exact search's.
+//! the number of lists probed is chosen at enrollment so that the image
+//! scores of out-of-fold calibration frames stay within 1 % of their
+//! scores with every list probed (`engine::enroll`; without a recorded
+//! count, the rule of [`lists`] picks one), and on magnetic-tile the image
+//! and pixel AUROC stayed within 0.0002 of the exact search's.
 
 mod lists;
 
@@ -58,6 +59,11 @@ const LANES: usize = 16;
 /// The share of the residual term the re-rank's skip test trusts: the
 /// residual lengths come from differences of squared norms in f32.
 const RESIDUAL_SLACK: f32 = 0.99;
+
+/// The inverted lists a bank of `rows` rows is grouped into with `options`.
+pub fn list_count(rows: usize, options: FastOptions) -> usize {
+    lists::count_for(rows, options.list_rows)
+}
 
 /// The shape of the fast search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,13 +108,15 @@ pub struct FastIndex {
 
 impl FastIndex {
     /// Learns the projection on `features` (row-major, `channels` per row)
-    /// and projects them.
-    pub fn build(features: &[f32], channels: usize, options: FastOptions) -> Self {
+    /// and projects them; each patch probes `probes` lists, or as many as
+    /// the rule of [`lists`] picks.
+    pub fn build(features: &[f32], channels: usize, options: FastOptions, probes: Option<usize>) -> Self {
         let projection = Projection::learn(features, channels, options.dims);
         let dims = projection.dims();
         let mut projected = Vec::new();
         projection.rows(features, &mut projected);
-        let Grouping { lists, ids } = Lists::build(&projected, dims, features, channels, options.list_rows);
+        let Grouping { lists, ids } =
+            Lists::build(&projected, dims, features, channels, options.list_rows, probes);
         let rows: Vec<f32> = ids
             .iter()
             .flat_map(|&id| projected[id as usize * dims..][..dims].iter().copied())
@@ -149,6 +157,11 @@ impl FastIndex {
     /// Inverted lists, and how many of them each patch probes.
     pub fn lists(&self) -> (usize, usize) {
         (self.lists.count(), self.lists.probes())
+    }
+
+    /// Makes each patch probe `probes` lists (at least one, at most all).
+    pub fn set_probes(&mut self, probes: usize) {
+        self.lists.set_probes(probes);
     }
 
     fn bank_rows(&self) -> usize {

@@ -153,6 +153,7 @@ fn with_every_dimension_kept_it_is_the_exact_search() {
             candidates: 4,
             list_rows: 0,
         },
+        None,
     );
     let truth = brute(&queries, &bank, channels);
     assert_eq!(recall(&queries, &index, &truth), 1.0);
@@ -178,6 +179,7 @@ fn on_random_data_it_is_never_below_exact_and_within_the_bound() {
             candidates: 8,
             list_rows: 0,
         },
+        None,
     );
     let truth = brute(&queries, &bank, channels);
     let widest = bank
@@ -211,7 +213,7 @@ fn on_clustered_feature_like_data_the_nearest_row_is_a_candidate() {
     // miss may land in a farther list, so only the share of misses and
     // their mean error are bounded.
     for (options, worst_allowed) in [(whole, 0.1), (FastOptions::default(), 0.3)] {
-        let index = FastIndex::build(&bank, channels, options);
+        let index = FastIndex::build(&bank, channels, options, None);
         let found = recall(&queries, &index, &truth);
         assert!(
             found >= 0.99,
@@ -267,6 +269,7 @@ fn a_bank_smaller_than_the_candidates_is_searched_whole() {
             candidates: 8,
             list_rows: DEFAULT_LIST_ROWS,
         },
+        None,
     );
     let truth = brute(&queries, &bank, channels);
     for (f, (_, e)) in fast(&queries, &bank, &index, 1).iter().zip(&truth) {
@@ -292,7 +295,7 @@ fn a_bank_of_near_duplicates_still_finds_new_rows_nearest() {
         })
         .collect();
     let queries = clustered(1024, channels, 20, 100);
-    let index = FastIndex::build(&bank, channels, FastOptions::default());
+    let index = FastIndex::build(&bank, channels, FastOptions::default(), None);
     let (lists, probes) = index.lists();
     let found = recall(&queries, &index, &brute(&queries, &bank, channels));
     assert!(
