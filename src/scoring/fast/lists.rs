@@ -135,8 +135,8 @@ impl Lists {
     }
 
     /// For each of `count` patches of `projected` (row-major), writes the
-    /// `probes` lists it probes into `probed` (`count * probes` values),
-    /// using `products` and `order` as scratch.
+    /// `probes` lists it probes into `probed` (`count * probes` values, the
+    /// nearest list first), using `products` and `order` as scratch.
     pub fn probe(
         &self,
         projected: &[f32],
@@ -171,7 +171,13 @@ impl Lists {
             if self.probes < lists {
                 kept.select_nth_unstable_by(self.probes - 1, |a, b| a.0.total_cmp(&b.0));
             }
-            probed.extend(kept[..self.probes].iter().map(|&(_, l)| l));
+            let kept = &mut kept[..self.probes];
+            // The nearest list first.
+            let nearest = (0..kept.len())
+                .min_by(|&a, &b| kept[a].0.total_cmp(&kept[b].0))
+                .unwrap_or(0);
+            kept.swap(0, nearest);
+            probed.extend(kept.iter().map(|&(_, l)| l));
         }
     }
 

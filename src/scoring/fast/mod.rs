@@ -369,27 +369,39 @@ fn candidate_pass(
         &mut part.order,
         &mut part.probed,
     );
-    // The patches of each list, by a counting sort of the probes.
+    // The patches of each list, by a counting sort of the probes: first
+    // every list with the patches it is the nearest list of, then every
+    // list with the others. A patch's nearest list gives it near
+    // candidates at once, so the later lists offer it few rows.
+    let (list_count, probes) = (lists.count(), lists.probes());
+    let bucket = |slot: usize, list: u32| {
+        list as usize
+            + if slot.is_multiple_of(probes) {
+                0
+            } else {
+                list_count
+            }
+    };
     part.offsets.clear();
-    part.offsets.resize(lists.count() + 1, 0);
-    for &list in &part.probed {
-        part.offsets[list as usize + 1] += 1;
+    part.offsets.resize(2 * list_count + 1, 0);
+    for (slot, &list) in part.probed.iter().enumerate() {
+        part.offsets[bucket(slot, list) + 1] += 1;
     }
-    for l in 0..lists.count() {
-        part.offsets[l + 1] += part.offsets[l];
+    for b in 0..2 * list_count {
+        part.offsets[b + 1] += part.offsets[b];
     }
     part.members.clear();
     part.members.resize(part.probed.len(), 0);
-    let probes = lists.probes();
     part.cursor.clear();
     part.cursor.extend_from_slice(&part.offsets);
     for (slot, &list) in part.probed.iter().enumerate() {
-        part.members[part.cursor[list as usize]] = (slot / probes) as u32;
-        part.cursor[list as usize] += 1;
+        let b = bucket(slot, list);
+        part.members[part.cursor[b]] = (slot / probes) as u32;
+        part.cursor[b] += 1;
     }
-    for list in 0..lists.count() {
-        let members = &part.members[part.offsets[list]..part.offsets[list + 1]];
-        let span = lists.span(list);
+    for b in 0..2 * list_count {
+        let members = &part.members[part.offsets[b]..part.offsets[b + 1]];
+        let span = lists.span(b % list_count);
         if members.is_empty() || span.is_empty() {
             continue;
         }
@@ -431,17 +443,6 @@ fn keep_nearest(
     indices: &mut [u32],
     worst: &mut f32,
 ) {
-    let mut offer = |j: usize, value: f32, worst: &mut f32| {
-        if value < *worst {
-            let slot = values
-                .iter()
-                .position(|v| *v == *worst)
-                .expect("the worst value is a candidate's; this is a bug");
-            values[slot] = value;
-            indices[slot] = first + j as u32;
-            *worst = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        }
-    };
     let mut p = products.chunks_exact(LANES);
     let mut n = norms.chunks_exact(LANES);
     for (run, (p, n)) in (&mut p).zip(&mut n).enumerate() {
@@ -453,13 +454,52 @@ fn keep_nearest(
         while below != 0 {
             let i = below.trailing_zeros() as usize;
             below &= below - 1;
-            offer(run * LANES + i, p[i] + n[i], worst);
+            offer(
+                values,
+                indices,
+                first + (run * LANES + i) as u32,
+                p[i] + n[i],
+                worst,
+            );
         }
     }
     let tail = products.len() - p.remainder().len();
     for (i, (p, n)) in p.remainder().iter().zip(n.remainder()).enumerate() {
-        offer(tail + i, p + n, worst);
+        offer(values, indices, first + (tail + i) as u32, p + n, worst);
     }
+}
+
+/// Offers row `row` at `value` to one patch's candidates: below the
+/// worst, it takes the worst's place.
+#[inline(always)]
+fn offer(values: &mut [f32], indices: &mut [u32], row: u32, value: f32, worst: &mut f32) {
+    if value < *worst {
+        let slot = values
+            .iter()
+            .position(|v| *v == *worst)
+            .expect("the worst value is a candidate's; this is a bug");
+        values[slot] = value;
+        indices[slot] = row;
+        *worst = largest(values);
+    }
+}
+
+/// The largest of `values` (none NaN), in [`LANES`] independent lanes: a
+/// fold of `f32::max` is one chain of compare, NaN test and blend per
+/// value, and it was half of the fast search's own time (perf, ratios
+/// bench) where every offer to a patch's candidates recomputes it.
+#[inline(always)]
+fn largest(values: &[f32]) -> f32 {
+    let pick = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut runs = values.chunks_exact(LANES);
+    for run in &mut runs {
+        for (lane, &v) in lanes.iter_mut().zip(run) {
+            *lane = pick(*lane, v);
+        }
+    }
+    let tail = runs.remainder().iter().copied().fold(f32::NEG_INFINITY, pick);
+    lanes.into_iter().fold(tail, pick)
 }
 
 /// Sorts one patch's candidates by value, nearest first (insertion sort:
@@ -481,20 +521,15 @@ fn sort_candidates(values: &mut [f32], indices: &mut [u32]) {
 fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     const WIDTH: usize = 8;
     let mut lanes = [0.0f32; WIDTH];
-    let mut x = a.chunks_exact(WIDTH);
-    let mut y = b.chunks_exact(WIDTH);
-    for (x, y) in (&mut x).zip(&mut y) {
+    let (x, x_tail) = a.as_chunks::<WIDTH>();
+    let (y, y_tail) = b.as_chunks::<WIDTH>();
+    for (x, y) in x.iter().zip(y) {
         for i in 0..WIDTH {
             let d = x[i] - y[i];
             lanes[i] += d * d;
         }
     }
-    let tail: f32 = x
-        .remainder()
-        .iter()
-        .zip(y.remainder())
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum();
+    let tail: f32 = x_tail.iter().zip(y_tail).map(|(x, y)| (x - y) * (x - y)).sum();
     lanes.iter().sum::<f32>() + tail
 }
 
