@@ -161,6 +161,7 @@ fn assert_schema(report: &Value) {
         "settings",
         "model",
         "per_type",
+        "fast_search",
     ] {
         assert!(report.get(key).is_some(), "report.json lacks {key}");
     }
@@ -209,6 +210,13 @@ fn mvtec_layout_with_masks_gives_every_metric() {
     assert_eq!(report["counts"]["test"], 8);
     assert_eq!(report["counts"]["missing_masks"], 1);
     assert_eq!(report["counts"]["pixel_images"], 7);
+    // The default global recipe searches fast, over lists chosen at enrollment.
+    let fast = &report["fast_search"];
+    let (lists, probed) = (fast["lists"].as_u64(), fast["probed"].as_u64());
+    assert!(
+        matches!((lists, probed), (Some(lists), Some(probed)) if (1..=lists).contains(&probed)),
+        "{fast}"
+    );
     assert!(f(&report, "image_auroc") >= 0.9, "{report}");
     assert!(f(&report, "image_f1_max") >= 0.8, "{report}");
     assert!(f(&report, "pixel_auroc") >= 0.9, "{report}");

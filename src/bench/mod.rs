@@ -210,6 +210,8 @@ pub struct Measured {
     pub missing_masks: usize,
     /// MVTec in-process: the good scores that calibrated the threshold.
     pub calibration_scores: Option<Vec<f32>>,
+    /// MVTec in-process, global fast search: lists, and lists probed.
+    pub fast_lists: Option<(usize, usize)>,
 }
 
 fn progress_bar(show: bool, len: usize, what: &str) -> ProgressBar {
@@ -304,6 +306,7 @@ fn run_mvtec(
         train_images: chosen.len(),
         enroll_seconds: enrolled.seconds,
         calibration_scores: enrolled.calibration_scores,
+        fast_lists: enrolled.fast_lists,
         pixels: with_pixels.then(PixelMetrics::default),
         ..Measured::default()
     };

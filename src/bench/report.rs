@@ -56,6 +56,10 @@ pub struct Report {
     /// images that calibrated `threshold`, with the rule and the expected
     /// false-reject rate; `null` otherwise.
     pub calibration: Option<Calibration>,
+    /// MVTec, in-process, global mode with the fast search: the bank's
+    /// inverted lists and how many each patch probes (chosen at
+    /// enrollment); `null` otherwise.
+    pub fast_search: Option<FastSearch>,
     /// Image AUROC (score vs defective); `null` unless both classes exist.
     pub image_auroc: Option<f64>,
     /// Best F1 over all thresholds.
@@ -158,6 +162,15 @@ impl Calibration {
     }
 }
 
+/// The fast search's shape for the recipe benchmarked.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FastSearch {
+    /// Inverted lists of the bank.
+    pub lists: usize,
+    /// Lists each patch probes.
+    pub probed: usize,
+}
+
 /// Counts behind the rates.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counts {
@@ -229,6 +242,9 @@ impl Report {
             calibration: measured.calibration_scores.as_deref().and_then(|scores| {
                 Calibration::of(scores, measured.train_images, settings.target_false_reject_rate)
             }),
+            fast_search: measured
+                .fast_lists
+                .map(|(lists, probed)| FastSearch { lists, probed }),
             image_auroc: image.auroc,
             image_f1_max: image.f1_max,
             image_f1_threshold: image.f1_threshold,
@@ -446,6 +462,12 @@ pub fn headline(report: &Report) -> Vec<(&'static str, String)> {
                 c.true_regions.unwrap_or(0),
                 c.reported_regions.unwrap_or(0)
             ),
+        ));
+    }
+    if let Some(fast) = report.fast_search {
+        rows.push((
+            "fast search: lists probed",
+            format!("{} of {} (chosen at enrollment)", fast.probed, fast.lists),
         ));
     }
     let l = &report.latency_ms;

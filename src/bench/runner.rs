@@ -54,6 +54,9 @@ pub struct Enrolled {
     /// In-process: the scores of the good images (or perturbed copies)
     /// that calibrated the threshold; a server does not return them.
     pub calibration_scores: Option<Vec<f32>>,
+    /// In-process, global fast search: the bank's inverted lists and how
+    /// many each patch probes.
+    pub fast_lists: Option<(usize, usize)>,
 }
 
 /// What one inspected frame gave.
@@ -245,6 +248,7 @@ impl Local {
             threshold: judge.threshold(),
             seconds: started.elapsed().as_secs_f64(),
             calibration_scores: Some(judge.reference().calibration_scores.clone()),
+            fast_lists: judge.bank().and_then(|bank| bank.fast_lists()),
         };
         self.judge = Some(judge);
         Ok(enrolled)
@@ -327,6 +331,7 @@ impl Remote {
             threshold: recipe.threshold,
             seconds: started.elapsed().as_secs_f64(),
             calibration_scores: None,
+            fast_lists: None,
         })
     }
 
